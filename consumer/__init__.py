@@ -1,0 +1,1 @@
+"""Shipment cancel processor: order-cancelled events in, one result per shipment out."""

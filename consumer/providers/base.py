@@ -1,0 +1,131 @@
+"""What every provider adapter offers, and the HTTP facts they share.
+
+A provider adapter makes *one* cancel attempt per ``cancel`` call (including whatever
+confirmation read or token refresh that attempt needs) and either returns a
+``CancelOutcome`` or raises a ``CancelError``. Retrying, rate limiting and time-boxing are
+done around it (``consumer.retry``), the same way for every provider.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from consumer.errors import (
+    AuthError,
+    CancelError,
+    ConflictError,
+    InternalError,
+    NetworkError,
+    NotFoundError,
+    ProviderTimeoutError,
+    RateLimitedError,
+    RejectedError,
+    UnavailableError,
+)
+
+Lookup = Literal["id", "key"]
+Outcome = Literal["cancelled", "already_cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    shipment_id: str
+    idempotency_key: str
+    reason: str | None = None
+    lookup: Lookup | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    outcome: Outcome
+    provider_status: str | None = None
+    provider_request_id: str | None = None
+
+
+class Provider(Protocol):
+    """One configured provider account."""
+
+    @property
+    def kind(self) -> str: ...
+
+    async def cancel(self, request: CancelRequest) -> CancelOutcome:
+        """Make one cancel attempt; raise a ``CancelError`` subclass on failure."""
+        ...
+
+
+def error_class_for_status(status: int) -> type[CancelError]:
+    """The DESIGN.md category of an HTTP status, before any provider-specific refinement."""
+    if status in (400, 422):
+        return RejectedError
+    if status in (401, 403):
+        return AuthError
+    if status == 404:
+        return NotFoundError
+    if status == 409:
+        return ConflictError
+    if status == 429:
+        return RateLimitedError
+    if status in (408, 504):
+        return ProviderTimeoutError
+    if status >= 500:
+        return UnavailableError
+    return InternalError
+
+
+def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> float | None:
+    """Seconds to wait, from ``Retry-After`` (seconds or HTTP date) or ``X-RateLimit-Reset``.
+
+    ``X-RateLimit-Reset`` is a unix timestamp (MVMNT). Garbage yields ``None``: the
+    backoff schedule then decides.
+    """
+    current = time.time() if now is None else now
+    raw = headers.get("retry-after")
+    if raw is not None:
+        raw = raw.strip()
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            parsed = _parse_http_date(raw)
+            if parsed is not None:
+                return max(0.0, parsed - current)
+    reset = headers.get("x-ratelimit-reset")
+    if reset is not None:
+        try:
+            return max(0.0, float(reset) - current)
+        except ValueError:
+            return None
+    return None
+
+
+def _parse_http_date(value: str) -> float | None:
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def transport_error(exc: httpx.TransportError, what: str) -> CancelError:
+    """Map an httpx transport failure to our taxonomy (never leaking request headers)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderTimeoutError(f"{what}: no answer in time ({type(exc).__name__})")
+    return NetworkError(f"{what}: {type(exc).__name__}")
+
+
+class ProviderSettingsBase(BaseModel):
+    """Keys every provider account has; each kind adds its own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str = Field(pattern=r"^https?://")
+    # Time box of one HTTP call (connect + read), in seconds.
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    # Calls in flight at once for this account, shared by all events.
+    max_concurrency: int = Field(default=64, ge=1)
+    # Token bucket refill rate; None means the provider sets no limit we know of.
+    rate_limit_per_minute: float | None = Field(default=None, gt=0)
