@@ -85,7 +85,7 @@ class ProcessingSettings(_Frozen):
 
 class TelemetrySettings(_Frozen):
     service_name: str = "shipment-cancel-processor"
-    traces_exporter: Literal["none", "console", "otlp"] = "none"
+    traces_exporter: Literal["none", "console"] = "none"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 

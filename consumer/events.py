@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from consumer.errors import ErrorCategory
 
 Lookup = Literal["id", "key"]
 
-# Namespace of the deterministic result ids: uuid5(namespace, "<source>|<provider>|<shipment>").
+# Namespace of the deterministic result ids: uuid5(namespace, '["<source>","<provider>","<shipment>"]').
 RESULT_ID_NAMESPACE = uuid.UUID("5b0c3b8e-2f57-4d0e-9a38-4f1d3c3f7a10")
 
 
@@ -40,6 +40,14 @@ class OrderCancelled(BaseModel):
     order_id: str = Field(min_length=1, max_length=128)
     reason: str | None = Field(default=None, max_length=1000)
     shipments: list[ShipmentRef] = Field(min_length=1, max_length=50)
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _version_is_not_a_bool(cls, value: object) -> object:
+        # True == 1 in Python, so JSON `true` would pass as version 1; the schema says no.
+        if isinstance(value, bool):
+            raise ValueError("schema_version must be the integer 1")
+        return value
 
 
 class _Result(BaseModel):
@@ -102,7 +110,10 @@ ResultEvent = ShipmentCancelled | CancelFailed
 
 def result_event_id(source_event_id: uuid.UUID, provider: str, shipment_id: str) -> uuid.UUID:
     """Deterministic: a redelivered input yields the same result id (downstream dedupes)."""
-    return uuid.uuid5(RESULT_ID_NAMESPACE, f"{source_event_id}|{provider}|{shipment_id}")
+    # A JSON array, not a joined string: provider "a" + shipment "b|c" must not collide with
+    # provider "a|b" + shipment "c" (event fields may hold any character).
+    name = orjson.dumps([str(source_event_id), provider, shipment_id]).decode()
+    return uuid.uuid5(RESULT_ID_NAMESPACE, name)
 
 
 def invalid_record_event_id(topic: str, partition: int, offset: int) -> uuid.UUID:

@@ -1,14 +1,31 @@
-"""Provider adapters and their registry: adding a provider is one module and one line here."""
+"""Provider adapters and their registry: adding a provider is one module and one line here
+(plus its settings class in ``ProviderSettings``)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Final
 
+import httpx
 from pydantic import Field
 
-from consumer.providers.mvmnt import MvmntSettings
-from consumer.providers.shipstation import ShipStationSettings
+from consumer.providers.base import Provider
+from consumer.providers.mvmnt import MvmntProvider, MvmntSettings
+from consumer.providers.shipstation import ShipStationProvider, ShipStationSettings
 
 ProviderSettings = Annotated[ShipStationSettings | MvmntSettings, Field(discriminator="kind")]
 
-PROVIDER_KINDS = ("shipstation", "mvmnt")
+# A factory takes (account name, that kind's settings, the shared HTTP client).
+ProviderFactory = Callable[[str, Any, httpx.AsyncClient], Provider]
+
+_FACTORIES: Final[Mapping[str, ProviderFactory]] = {
+    "shipstation": ShipStationProvider,
+    "mvmnt": MvmntProvider,
+}
+
+PROVIDER_KINDS: Final = tuple(_FACTORIES)
+
+
+def build_provider(name: str, settings: ProviderSettings, client: httpx.AsyncClient) -> Provider:
+    """The adapter of one configured provider account."""
+    return _FACTORIES[settings.kind](name, settings, client)

@@ -1,0 +1,242 @@
+"""``cancel-processor demo``: the whole product on one machine, results printed as they arrive.
+
+Starts the embedded broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``), the provider simulator and
+the processor in this process, publishes sample events covering every kind of outcome and
+prints one table row per result. Exits 0 when every expected result arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from consumer import headers as h
+from consumer.app import run_service
+from consumer.config import BOOTSTRAP_ENV, Settings, settings_from_mapping
+from consumer.embedded_broker import EmbeddedBroker
+from consumer.kafka_client import client_options
+from consumer.logs import configure_logging
+from consumer.simulator import Simulator
+from consumer.topics import ensure_topics
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One input record and the results it must produce."""
+
+    title: str
+    value: bytes
+    key: str
+    # Result records it must produce (result events plus DLQ copies).
+    results: int = 1
+
+
+def _event(order_id: str, *shipments: dict[str, str], **extra: Any) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": str(uuid.uuid4()),
+            "event_type": "order.cancelled",
+            "schema_version": 1,
+            "occurred_at": "2026-11-21T10:00:00Z",
+            "order_id": order_id,
+            "reason": "Customer changed their mind",
+            "shipments": list(shipments),
+            **extra,
+        }
+    )
+
+
+def _ss(shipment_id: str) -> dict[str, str]:
+    return {"provider": "shipstation", "shipment_id": shipment_id}
+
+
+def _mv(shipment_id: str) -> dict[str, str]:
+    return {"provider": "mvmnt", "shipment_id": shipment_id, "lookup": "key"}
+
+
+def samples() -> list[Sample]:
+    def one(title: str, order: str, shipment: dict[str, str]) -> Sample:
+        return Sample(title, _event(order, shipment), order)
+
+    invalid = orjson.dumps({"event_type": "order.cancelled", "order_id": "SO-1012"})
+    return [
+        one("cancelled", "SO-1001", _ss("se-1001")),
+        one("cancelled", "SO-1002", _mv("SHP-1002")),
+        one("already cancelled", "SO-1003", _ss("se-cancelled-1003")),
+        one("already cancelled", "SO-1004", _mv("SHP-cancelled-1004")),
+        one("not found", "SO-1005", _ss("se-notfound-1005")),
+        one("delivered", "SO-1006", _mv("SHP-delivered-1006")),
+        one("label not voided", "SO-1007", _ss("se-labeled-1007")),
+        one("rate limited, then cancelled", "SO-1008", _ss("se-ratelimit2-1008")),
+        one("503, then cancelled", "SO-1009", _mv("SHP-flaky1-1009")),
+        Sample("two providers", _event("SO-1010", _ss("se-1010"), _mv("SHP-1010")), "SO-1010", 2),
+        one("unknown provider", "SO-1011", {"provider": "fedex", "shipment_id": "FX-1011"}),
+        # Dead-lettered, and its order still gets a cancel-failed.
+        Sample("invalid event", invalid, "SO-1012", 2),
+        Sample("not JSON", b"{not json", "SO-1013"),
+    ]
+
+
+def demo_settings(bootstrap: str, simulator: Simulator, suffix: str) -> Settings:
+    return settings_from_mapping(
+        {
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "group_id": f"demo-processor{suffix}",
+                "input_topic": f"orders.cancelled{suffix}",
+                "cancelled_topic": f"shipments.cancelled{suffix}",
+                "failed_topic": f"shipments.cancel-failed{suffix}",
+                "dlq_topic": f"orders.cancelled.dlq{suffix}",
+                "enable_idempotence": False,
+                "commit_interval_seconds": 0.5,
+            },
+            "processing": {"retry": {"backoff_initial_seconds": 0.1}},
+            "telemetry": {"log_level": "ERROR", "log_format": "text"},
+            "providers": {
+                "shipstation": {
+                    "kind": "shipstation",
+                    "base_url": simulator.shipstation_base_url,
+                    "api_key": simulator.options.shipstation_api_key,
+                },
+                "mvmnt": {
+                    "kind": "mvmnt",
+                    "base_url": simulator.mvmnt_base_url,
+                    "token_url": simulator.mvmnt_token_url,
+                    "client_id": simulator.options.mvmnt_client_id,
+                    "client_secret": simulator.options.mvmnt_client_secret,
+                },
+            },
+        },
+        {},
+        source="demo",
+    )
+
+
+@contextlib.asynccontextmanager
+async def _bootstrap() -> AsyncIterator[tuple[str, str]]:
+    """The broker to use and a topic suffix (empty on the private embedded broker)."""
+    external = os.environ.get(BOOTSTRAP_ENV)
+    if external:
+        yield external, f".demo-{uuid.uuid4().hex[:8]}"
+        return
+    async with EmbeddedBroker() as broker:
+        yield broker.bootstrap_servers, ""
+
+
+async def run_demo(timeout: float = 60.0) -> int:
+    configure_logging("ERROR", "text")
+    out = sys.stdout
+    async with _bootstrap() as (bootstrap, suffix), Simulator() as simulator:
+        settings = demo_settings(bootstrap, simulator, suffix)
+        kafka = settings.kafka
+        print(f"broker {bootstrap} · simulator on port {simulator.port}", file=out)
+        await ensure_topics(kafka, partitions=3)
+        stop = asyncio.Event()
+        processor = asyncio.create_task(run_service(settings, stop))
+        try:
+            return await _publish_and_watch(settings, samples(), timeout, out)
+        finally:
+            stop.set()
+            await processor
+
+
+async def _publish_and_watch(
+    settings: Settings, batch: list[Sample], timeout: float, out: Any
+) -> int:
+    kafka = settings.kafka
+    watcher = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False)
+    await watcher.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in (kafka.cancelled_topic, kafka.failed_topic, kafka.dlq_topic)
+            for p in (await watcher.partitions_for_topic(topic) or {0})
+        ]
+        watcher.assign(partitions)
+        await watcher.seek_to_beginning(*partitions)
+        await _publish(settings, batch)
+        expected = sum(s.results for s in batch)
+        cases = {s.key: s.title for s in batch}
+        print(f"published {len(batch)} events, expecting {expected} results\n", file=out)
+        print(_row("order", "case", "provider", "shipment", "result", "tries", "detail"), file=out)
+        print(_row(*("-" * width for width in _WIDTHS)), file=out)
+        seen = 0
+        deadline = time.monotonic() + timeout
+        while seen < expected and time.monotonic() < deadline:
+            batches = await watcher.getmany(timeout_ms=250)
+            for records in batches.values():
+                for record in records:
+                    row = _describe(record, kafka.dlq_topic, cases)
+                    print(row, file=out, flush=True)
+                    seen += 1
+        if seen < expected:
+            print(
+                f"\nerror: only {seen} of {expected} results arrived within {timeout:g}s; "
+                "is the processor running? (see the log lines above)",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"\nall {expected} results arrived", file=out)
+        return 0
+    finally:
+        await watcher.stop()
+
+
+async def _publish(settings: Settings, batch: list[Sample]) -> None:
+    producer = AIOKafkaProducer(
+        **client_options(settings.kafka),
+        acks="all",
+        enable_idempotence=settings.kafka.enable_idempotence,
+    )
+    await producer.start()
+    try:
+        for sample in batch:
+            await producer.send_and_wait(
+                settings.kafka.input_topic, sample.value, key=sample.key.encode()
+            )
+    finally:
+        await producer.stop()
+
+
+_WIDTHS = (7, 28, 11, 18, 20, 5, 44)
+
+
+def _row(*cells: str) -> str:
+    return "  ".join(cell.ljust(width) for cell, width in zip(cells, _WIDTHS, strict=True))
+
+
+def _describe(
+    record: ConsumerRecord[bytes, bytes], dlq_topic: str, cases: dict[str, str]
+) -> str:
+    order = (record.key or b"").decode(errors="replace")
+    case = cases.get(order, "")
+    if record.topic == dlq_topic:
+        reason = dict(record.headers).get(h.DLQ_ERROR_MESSAGE, b"").decode(errors="replace")
+        return _row(order, case, "-", "-", "dead-lettered", "-", reason[:44])
+    result = orjson.loads(record.value or b"{}")
+    shipment = result.get("shipment_id") or "-"
+    provider = result.get("provider") or "-"
+    if "error" in result:
+        error = result["error"]
+        retry = " (retryable)" if error.get("retryable") else ""
+        return _row(
+            order,
+            case,
+            provider,
+            shipment,
+            f"failed: {error['category']}",
+            str(result["attempts"]),
+            f"{error['message'][: 44 - len(retry)]}{retry}",
+        )
+    detail = f"trace {result['trace_id']}"
+    return _row(order, case, provider, shipment, result["outcome"], str(result["attempts"]), detail)

@@ -1,0 +1,147 @@
+"""Small aiokafka helpers for tests: produce input, collect output, read commits, run the
+processor in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.structs import RecordMetadata
+
+from consumer.app import run_service
+from consumer.config import Settings
+from consumer.kafka_client import client_options
+
+Record = ConsumerRecord[bytes, bytes]
+
+
+def order_event(order_id: str, *shipments: tuple[str, str], **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "order.cancelled",
+        "schema_version": 1,
+        "occurred_at": "2026-11-21T10:00:00Z",
+        "order_id": order_id,
+        "reason": "Customer changed their mind",
+        "shipments": [
+            {"provider": provider, "shipment_id": shipment_id}
+            for provider, shipment_id in shipments
+        ],
+        **extra,
+    }
+
+
+class Cluster:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.kafka = settings.kafka
+        self._producer = AIOKafkaProducer(
+            **client_options(self.kafka),
+            acks="all",
+            enable_idempotence=self.kafka.enable_idempotence,
+            max_request_size=4 * 1024 * 1024,
+        )
+
+    async def __aenter__(self) -> Cluster:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._producer.stop()
+
+    async def send(
+        self,
+        value: bytes | dict[str, Any] | None,
+        key: str | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> RecordMetadata:
+        if isinstance(value, dict):
+            key = key if key is not None else str(value.get("order_id"))
+            value = orjson.dumps(value)
+        return await self._producer.send_and_wait(
+            self.kafka.input_topic,
+            value,
+            key=key.encode() if key is not None else None,
+            partition=partition,
+            headers=headers or [],
+        )
+
+    async def collect(self, topics: list[str], count: int, timeout: float = 30) -> list[Record]:
+        """Read ``count`` records from the start of the topics (fails on timeout)."""
+        consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in topics
+                for p in (await consumer.partitions_for_topic(topic) or set())
+            ]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            records: list[Record] = []
+            deadline = time.monotonic() + timeout
+            while len(records) < count and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=200)
+                for batch in batches.values():
+                    records.extend(batch)
+            assert len(records) >= count, f"only {len(records)} of {count} records arrived"
+            # A short extra read proves nothing more was produced.
+            batches = await consumer.getmany(timeout_ms=300)
+            for batch in batches.values():
+                records.extend(batch)
+            return records
+        finally:
+            await consumer.stop()
+
+    async def results(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+        records = await self.collect(
+            [self.kafka.cancelled_topic, self.kafka.failed_topic], count, timeout
+        )
+        return [orjson.loads(r.value) for r in records if r.value is not None]
+
+    async def committed(self) -> dict[int, int | None]:
+        consumer = AIOKafkaConsumer(
+            **client_options(self.kafka), group_id=self.kafka.group_id, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            partitions = await consumer.partitions_for_topic(self.kafka.input_topic) or set()
+            return {
+                p: await consumer.committed(TopicPartition(self.kafka.input_topic, p))
+                for p in partitions
+            }
+        finally:
+            await consumer.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_processor(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
+    """The real service in this event loop; stopped (drained) on exit."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_service(settings, stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+def end_offsets(sent: list[RecordMetadata]) -> dict[int, int]:
+    """Per partition, one past the last offset we produced (Tansu's ListOffsets is unreliable)."""
+    ends: dict[int, int] = {}
+    for meta in sent:
+        ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+    return ends

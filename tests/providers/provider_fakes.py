@@ -1,0 +1,83 @@
+"""A fake provider HTTP API for adapter tests: scripted answers per route, every request kept."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import orjson
+
+Answer = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
+
+
+class FakeApi:
+    """Answers ``(method, path)`` from a queue whose last answer repeats; records requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self._routes: dict[tuple[str, str], list[Answer]] = {}
+        # Seconds every answer takes, to let concurrent callers pile up.
+        self.delay = 0.0
+
+    def on(self, method: str, path: str, *answers: Answer) -> None:
+        self._routes[(method, path)] = list(answers)
+
+    def calls(self, method: str, path: str) -> list[httpx.Request]:
+        return [r for r in self.requests if r.method == method and r.url.path == path]
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.MockTransport(self._handle))
+
+    async def _handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        # A real network yields to other tasks; so must the fake, or races never show.
+        await asyncio.sleep(self.delay)
+        queue = self._routes.get((request.method, request.url.path))
+        if not queue:
+            raise AssertionError(f"unexpected request {request.method} {request.url}")
+        answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(answer, httpx.Response):
+            # A fresh copy per use: the client consumes and closes what it is given.
+            return httpx.Response(
+                answer.status_code, headers=answer.headers, content=answer.content
+            )
+        return answer(request)
+
+
+def reply(
+    status: int,
+    body: Any = None,
+    *,
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
+) -> httpx.Response:
+    """A response with ``body`` as JSON (``bytes`` are sent as they are)."""
+    all_headers = dict(headers or {})
+    if body is None:
+        return httpx.Response(status, headers=all_headers)
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    all_headers.setdefault("content-type", content_type)
+    return httpx.Response(status, headers=all_headers, content=content)
+
+
+def json_of(request: httpx.Request) -> Any:
+    return orjson.loads(request.content)
+
+
+def form_of(request: httpx.Request) -> dict[str, list[str]]:
+    return parse_qs(request.content.decode())
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

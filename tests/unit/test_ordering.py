@@ -1,0 +1,67 @@
+import asyncio
+
+from consumer.ordering import KeyOrderedScheduler
+
+
+async def test_jobs_of_one_key_run_in_submission_order_and_never_overlap() -> None:
+    scheduler = KeyOrderedScheduler()
+    log: list[str] = []
+    running = 0
+    max_running = 0
+
+    def job(name: str, delay: float):  # type: ignore[no-untyped-def]
+        async def run() -> None:
+            nonlocal running, max_running
+            running += 1
+            max_running = max(max_running, running)
+            await asyncio.sleep(delay)
+            log.append(name)
+            running -= 1
+
+        return run
+
+    tasks = [scheduler.submit("order-1", job(f"e{i}", 0.01 * (5 - i))) for i in range(5)]
+    await asyncio.gather(*tasks)
+    assert log == ["e0", "e1", "e2", "e3", "e4"]
+    assert max_running == 1
+
+
+async def test_different_keys_run_concurrently() -> None:
+    scheduler = KeyOrderedScheduler()
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def blocker() -> None:
+        started.set()
+        await release.wait()
+
+    async def other() -> None:
+        release.set()
+
+    first = scheduler.submit("a", blocker)
+    await started.wait()
+    second = scheduler.submit("b", other)
+    await asyncio.wait_for(asyncio.gather(first, second), timeout=1)
+
+
+async def test_a_failed_or_cancelled_job_does_not_block_its_successor() -> None:
+    scheduler = KeyOrderedScheduler()
+    ran: list[str] = []
+
+    async def boom() -> None:
+        raise RuntimeError("bug")
+
+    async def hang() -> None:
+        await asyncio.sleep(3600)
+
+    async def record() -> None:
+        ran.append("next")
+
+    failing = scheduler.submit("k", boom)
+    hanging = scheduler.submit("k", hang)
+    successor = scheduler.submit("k", record)
+    await asyncio.sleep(0.01)
+    hanging.cancel()
+    await asyncio.wait([failing, hanging, successor], timeout=1)
+    assert ran == ["next"]
+    assert scheduler.keys_in_flight == 0
