@@ -44,9 +44,7 @@ class Canceller:
         """Cancel every shipment of the event concurrently; never raises a CancelError."""
         # A shipment listed twice is cancelled once: both would get the same result id.
         unique = list({(s.provider, s.shipment_id): s for s in event.shipments}.values())
-        return list(
-            await asyncio.gather(*(self._cancel_shipment(event, s, trace) for s in unique))
-        )
+        return list(await asyncio.gather(*(self._cancel_shipment(event, s, trace) for s in unique)))
 
     async def _cancel_shipment(
         self, event: OrderCancelled, shipment: ShipmentRef, trace: TraceRef
@@ -56,7 +54,15 @@ class Canceller:
             error = UnknownProviderError(
                 f"no provider account named {shipment.provider!r} is configured"
             )
-            return failed_result(event, shipment, None, error, 0, trace, self._now())
+            return failed_result(
+                event,
+                shipment,
+                provider_kind=None,
+                error=error,
+                attempts=0,
+                trace=trace,
+                now=self._now(),
+            )
 
         request = cancel_request(event, shipment)
 
@@ -80,7 +86,7 @@ class Canceller:
                 on_retry=log_retry,
             )
         except Exception as exc:  # a bug in an adapter must not kill the event's partition
-            log.exception("provider adapter failed unexpectedly", extra={"order_id": event.order_id})
+            log.exception("provider adapter failed", extra={"order_id": event.order_id})
             attempted = Attempted(1, error=InternalError(f"adapter error: {type(exc).__name__}"))
         return self._result(event, shipment, account.kind, attempted, trace)
 
@@ -95,7 +101,21 @@ class Canceller:
         now = self._now()
         if attempted.outcome is not None:
             return cancelled_result(
-                event, shipment, kind, attempted.outcome, attempted.attempts, trace, now
+                event,
+                shipment,
+                provider_kind=kind,
+                outcome=attempted.outcome,
+                attempts=attempted.attempts,
+                trace=trace,
+                now=now,
             )
         assert attempted.error is not None
-        return failed_result(event, shipment, kind, attempted.error, attempted.attempts, trace, now)
+        return failed_result(
+            event,
+            shipment,
+            provider_kind=kind,
+            error=attempted.error,
+            attempts=attempted.attempts,
+            trace=trace,
+            now=now,
+        )

@@ -9,9 +9,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+from consumer.app import run_until_signalled
 from consumer.config import CONFIG_PATH_ENV, load_settings
+from consumer.demo import run_demo
 from consumer.errors import ConfigError
 from consumer.logs import configure_logging
+from consumer.simulator import SimulatorOptions, serve_forever
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args.config)
         if args.command == "demo":
-            from consumer.demo import run_demo
-
             return asyncio.run(run_demo(timeout=args.timeout))
         if args.command == "simulate":
             return _simulate(args)
@@ -69,15 +70,11 @@ def _run(config_path: str | None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.telemetry.log_level, settings.telemetry.log_format)
-    from consumer.app import run_until_signalled
-
     asyncio.run(run_until_signalled(settings))
     return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from consumer.simulator import SimulatorOptions, serve_forever
-
     configure_logging("INFO", "text")
     options = SimulatorOptions(
         host=args.host,

@@ -94,9 +94,9 @@ class Settings(_Frozen):
     kafka: KafkaSettings
     processing: ProcessingSettings = ProcessingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
-    providers: dict[
-        Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], ProviderSettings
-    ] = Field(min_length=1)
+    providers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], ProviderSettings] = (
+        Field(min_length=1)
+    )
 
 
 def load_settings(path: str | Path, env: Mapping[str, str]) -> Settings:

@@ -157,10 +157,11 @@ async def _publish_and_watch(
     watcher = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False)
     await watcher.start()
     try:
+        await watcher.topics()  # loads metadata, so partitions_for_topic knows them
         partitions = [
             TopicPartition(topic, p)
             for topic in (kafka.cancelled_topic, kafka.failed_topic, kafka.dlq_topic)
-            for p in (await watcher.partitions_for_topic(topic) or {0})
+            for p in (watcher.partitions_for_topic(topic) or {0})
         ]
         watcher.assign(partitions)
         await watcher.seek_to_beginning(*partitions)
@@ -208,16 +209,14 @@ async def _publish(settings: Settings, batch: list[Sample]) -> None:
         await producer.stop()
 
 
-_WIDTHS = (7, 28, 11, 18, 20, 5, 44)
+_WIDTHS = (7, 28, 11, 18, 24, 5, 44)
 
 
 def _row(*cells: str) -> str:
     return "  ".join(cell.ljust(width) for cell, width in zip(cells, _WIDTHS, strict=True))
 
 
-def _describe(
-    record: ConsumerRecord[bytes, bytes], dlq_topic: str, cases: dict[str, str]
-) -> str:
+def _describe(record: ConsumerRecord[bytes, bytes], dlq_topic: str, cases: dict[str, str]) -> str:
     order = (record.key or b"").decode(errors="replace")
     case = cases.get(order, "")
     if record.topic == dlq_topic:

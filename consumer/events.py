@@ -14,7 +14,7 @@ from consumer.errors import ErrorCategory
 
 Lookup = Literal["id", "key"]
 
-# Namespace of the deterministic result ids: uuid5(namespace, '["<source>","<provider>","<shipment>"]').
+# Namespace of the deterministic result ids (uuid5; the name is built in result_event_id).
 RESULT_ID_NAMESPACE = uuid.UUID("5b0c3b8e-2f57-4d0e-9a38-4f1d3c3f7a10")
 
 

@@ -24,3 +24,5 @@ DLQ_SOURCE_OFFSET: Final = "dlq-source-offset"
 DLQ_ERROR_CATEGORY: Final = "dlq-error-category"
 DLQ_ERROR_MESSAGE: Final = "dlq-error-message"
 DLQ_FAILED_AT: Final = "dlq-failed-at"
+# Added to a DLQ copy whose value was too large for the broker to take back.
+DLQ_VALUE_DROPPED: Final = "dlq-value-dropped"

@@ -99,7 +99,9 @@ def truncate(message: str, limit: int = _MAX_ERROR_MESSAGE) -> str:
 def cancel_request(event: OrderCancelled, shipment: ShipmentRef) -> CancelRequest:
     return CancelRequest(
         shipment_id=shipment.shipment_id,
-        idempotency_key=str(result_event_id(event.event_id, shipment.provider, shipment.shipment_id)),
+        idempotency_key=str(
+            result_event_id(event.event_id, shipment.provider, shipment.shipment_id)
+        ),
         reason=event.reason,
         lookup=shipment.lookup,
     )
@@ -108,6 +110,7 @@ def cancel_request(event: OrderCancelled, shipment: ShipmentRef) -> CancelReques
 def cancelled_result(
     event: OrderCancelled,
     shipment: ShipmentRef,
+    *,
     provider_kind: str,
     outcome: CancelOutcome,
     attempts: int,
@@ -133,6 +136,7 @@ def cancelled_result(
 def failed_result(
     event: OrderCancelled,
     shipment: ShipmentRef,
+    *,
     provider_kind: str | None,
     error: CancelError,
     attempts: int,
@@ -168,6 +172,7 @@ def error_detail(error: CancelError) -> ErrorDetail:
 
 def invalid_record_result(
     invalid: InvalidRecord,
+    *,
     topic: str,
     partition: int,
     offset: int,

@@ -30,7 +30,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """Full-jitter exponential backoff after the given (1-based) attempt."""
-        ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** (attempt - 1))
+        ceiling = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2.0 ** (attempt - 1))
         return ceiling * rand()
 
 

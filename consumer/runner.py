@@ -8,6 +8,7 @@ partition is finished too. A crash repeats work past the last commit; it never s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Iterable
@@ -247,7 +248,12 @@ class Runner:
             span.set_status(Status(StatusCode.ERROR, "invalid_event"))
             outgoing = [self._dead_letter(tp, record, "invalid_event", parsed.message)]
             failed = invalid_record_result(
-                parsed, tp.topic, tp.partition, record.offset, ref, utc_now()
+                parsed,
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=record.offset,
+                trace=ref,
+                now=utc_now(),
             )
             if failed is not None:
                 outgoing.append(self._result_record(failed, span))
@@ -305,8 +311,9 @@ class Runner:
                 await asyncio.gather(*futures)
                 return
             except MessageSizeTooLargeError:
-                outgoing = [_without_value(o) if o.topic == self._kafka.dlq_topic else o
-                            for o in outgoing]
+                outgoing = [
+                    _without_value(o) if o.topic == self._kafka.dlq_topic else o for o in outgoing
+                ]
                 log.warning("record too large for the broker; DLQ copy keeps headers only")
             except KafkaError as exc:
                 wait = _PRODUCE_RETRY_SECONDS[min(attempt, len(_PRODUCE_RETRY_SECONDS) - 1)]
@@ -414,10 +421,8 @@ def _log_result(result: ResultEvent) -> None:
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
 
 
 async def _wait_any(stop: asyncio.Event, other: asyncio.Event, timeout: float) -> None:
@@ -428,4 +433,3 @@ async def _wait_any(stop: asyncio.Event, other: asyncio.Event, timeout: float) -
     finally:
         for task in tasks:
             task.cancel()
-

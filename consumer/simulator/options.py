@@ -25,3 +25,7 @@ class SimulatorOptions:
     access_log: bool = False
     # How long stop() lets in-flight handlers finish before cancelling them.
     shutdown_timeout_seconds: float = 2.0
+
+
+# Frozen, so one shared default instance is safe.
+DEFAULT_OPTIONS = SimulatorOptions()

@@ -15,6 +15,8 @@ from urllib.parse import parse_qs
 import orjson
 
 PROVIDERS = ("shipstation", "mvmnt")
+# Bodies are kept up to this size, so a full log stays small whatever clients send.
+MAX_KEPT_BODY = 64 * 1024
 _SECRET_MARKERS = ("secret", "password", "token")
 
 
@@ -29,8 +31,13 @@ class RequestRecord:
     content_type: str
     idempotency_key: str | None
     body: bytes = b""
+    body_size: int = 0
     # None until answered; stays None for a request that never was (hang, disconnect).
     status: int | None = None
+
+    def keep_body(self, body: bytes) -> None:
+        self.body = body[:MAX_KEPT_BODY]
+        self.body_size = len(body)
 
     def to_json(self) -> dict[str, Any]:
         query: dict[str, str | list[str]] = {
@@ -46,10 +53,12 @@ class RequestRecord:
             "headers": list(self.header_names),
             "content_type": self.content_type or None,
             "idempotency_key": self.idempotency_key,
-            "body_size": len(self.body),
+            "body_size": self.body_size,
             "status": self.status,
         }
-        if self.body and self.content_type == "application/json":
+        if len(self.body) < self.body_size:
+            entry["body_truncated"] = True
+        elif self.body and self.content_type == "application/json":
             try:
                 entry["json"] = orjson.loads(self.body)
             except orjson.JSONDecodeError:
@@ -68,16 +77,23 @@ class Recorder:
         self._log: deque[RequestRecord] = deque(maxlen=log_size)
         self.requests_total = 0
         self.token_requests = 0
+        # Requests being handled now, including hanging ones; 0 again once clients give up.
+        self.in_flight = 0
         self._status_counts: Counter[int] = Counter()
         self._cancel_calls: dict[str, dict[str, int]] = {name: {} for name in PROVIDERS}
 
     def begin(self, record: RequestRecord) -> None:
         self.requests_total += 1
+        self.in_flight += 1
         self._log.append(record)
 
-    def finish(self, record: RequestRecord, status: int) -> None:
+    def answered(self, record: RequestRecord, status: int) -> None:
         record.status = status
         self._status_counts[status] += 1
+
+    def end(self) -> None:
+        """Called for every ``begin``, whether the request was answered or abandoned."""
+        self.in_flight -= 1
 
     def count_cancel(self, provider: str, shipment_id: str) -> None:
         calls = self._cancel_calls[provider]
@@ -94,6 +110,7 @@ class Recorder:
             "cancel_calls": {name: dict(calls) for name, calls in self._cancel_calls.items()},
             "status_counts": {str(status): n for status, n in sorted(self._status_counts.items())},
             "token_requests": self.token_requests,
+            "in_flight": self.in_flight,
         }
 
     def recent(self, limit: int) -> list[dict[str, Any]]:

@@ -12,6 +12,13 @@ JSON = "application/json"
 PROBLEM_JSON = "application/problem+json"
 FORM = "application/x-www-form-urlencoded"
 
+# Set by the middleware on every provider request; also sent back as X-Request-Id.
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+def request_id(request: web.Request) -> str:
+    return request[REQUEST_ID]
+
 
 def json_response(
     body: Any,

@@ -175,11 +175,14 @@ class ShipStationStore:
                 reason_code="label_already_voided",
             )
         label.voided_at = iso_now()
-        shipment = self._shipments[label.shipment_id]
-        if shipment.status == "label_purchased" and shipment.active_label() is None:
-            shipment.status = "pending"
-        shipment.modified_at = label.voided_at
-        return VoidResult(approved=True, message="Request for refund submitted.  This label has been voided.")
+        shipment = self._shipments.get(label.shipment_id)
+        if shipment is not None:
+            if shipment.status == "label_purchased" and shipment.active_label() is None:
+                shipment.status = "pending"
+            shipment.modified_at = label.voided_at
+        return VoidResult(
+            approved=True, message="Request for refund submitted.  This label has been voided."
+        )
 
     def set_fault(self, shipment_id: str, fault: FaultSpec) -> None:
         """Override the id's fault; the shipment is rebuilt from it on next reference."""

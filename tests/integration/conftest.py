@@ -95,6 +95,8 @@ async def settings(bootstrap_servers: str, simulator: Simulator) -> Settings:
                     "kind": "shipstation",
                     "base_url": simulator.shipstation_base_url,
                     "api_key": simulator.options.shipstation_api_key,
+                    # The simulator has no limit; ShipStation's 200/min would slow tests.
+                    "rate_limit_per_minute": 60_000,
                 },
                 "mvmnt": {
                     "kind": "mvmnt",
@@ -116,4 +118,3 @@ async def settings(bootstrap_servers: str, simulator: Simulator) -> Settings:
 async def cluster(settings: Settings) -> AsyncIterator[Cluster]:
     async with Cluster(settings) as c:
         yield c
-

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -19,7 +19,7 @@ from consumer.app import run_service
 from consumer.config import Settings
 from consumer.kafka_client import client_options
 
-Record = ConsumerRecord[bytes, bytes]
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 def order_event(order_id: str, *shipments: tuple[str, str], **extra: Any) -> dict[str, Any]:
@@ -84,10 +84,11 @@ class Cluster:
         consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False)
         await consumer.start()
         try:
+            await consumer.topics()  # loads metadata, so partitions_for_topic knows them
             partitions = [
                 TopicPartition(topic, p)
                 for topic in topics
-                for p in (await consumer.partitions_for_topic(topic) or set())
+                for p in (consumer.partitions_for_topic(topic) or set())
             ]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
@@ -118,7 +119,8 @@ class Cluster:
         )
         await consumer.start()
         try:
-            partitions = await consumer.partitions_for_topic(self.kafka.input_topic) or set()
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(self.kafka.input_topic) or set()
             return {
                 p: await consumer.committed(TopicPartition(self.kafka.input_topic, p))
                 for p in partitions

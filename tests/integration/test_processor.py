@@ -119,11 +119,13 @@ async def test_an_invalid_record_goes_to_the_dlq_and_the_partition_keeps_flowing
         dead = await cluster.collect([cluster.kafka.dlq_topic], count=3)
         results = await cluster.results(count=3)
 
+    # Dead letters keep the original key, so they spread over the DLQ's partitions.
+    dead.sort(key=lambda record: int(dict(record.headers)[h.DLQ_SOURCE_OFFSET]))
     assert [r.value for r in dead] == [
         b"{not json",
         None,
         orjson.dumps({"order_id": "SO-D", "event_type": "order.cancelled"}),
-    ], "original bytes, untouched, in order"
+    ], "original bytes, untouched"
     for record, meta in zip(dead, sent[1:4], strict=True):
         headers = dict(record.headers)
         assert headers[h.DLQ_SOURCE_TOPIC] == cluster.kafka.input_topic.encode()
@@ -131,7 +133,7 @@ async def test_an_invalid_record_goes_to_the_dlq_and_the_partition_keeps_flowing
         assert headers[h.DLQ_SOURCE_OFFSET] == str(meta.offset).encode()
         assert headers[h.DLQ_ERROR_CATEGORY] == b"invalid_event"
         assert headers[h.DLQ_ERROR_MESSAGE]
-        assert record.key == (b"SO-B", b"SO-C", b"SO-D")[dead.index(record)]
+    assert [record.key for record in dead] == [b"SO-B", b"SO-C", b"SO-D"]
     outcomes = {(r["order_id"], r.get("outcome") or r["error"]["category"]) for r in results}
     assert outcomes == {("SO-A", "cancelled"), ("SO-E", "cancelled"), ("SO-D", "invalid_event")}
     assert (await cluster.committed())[0] == end_offsets(sent)[0]

@@ -180,6 +180,12 @@ def test_result_event_id_is_the_same_for_a_redelivered_input() -> None:
     assert first.version == 5
 
 
+def test_result_event_id_is_stable_across_releases() -> None:
+    # A redelivery may straddle a deploy: changing the derivation breaks downstream dedupe.
+    expected = uuid.UUID("7637ebd2-c50c-5e5d-9033-3e408156da43")
+    assert result_event_id(SOURCE_ID, "shipstation", "se-28529731") == expected
+
+
 def test_result_event_id_differs_by_source_provider_and_shipment() -> None:
     other_source = uuid.UUID("6a3c1f7e-0d4b-4c2a-8e9f-1b2c3d4e5f60")
     ids = {

@@ -60,26 +60,33 @@ def test_an_invalid_event_that_names_its_order_keeps_the_order_and_event_id() ->
     assert isinstance(parsed, InvalidRecord)
     assert parsed.order_id == "SO-1001"
     assert parsed.source_event_id == uuid.UUID(EVENT["event_id"])  # type: ignore[arg-type]
-    failed = invalid_record_result(parsed, "orders.cancelled", 2, 41, TRACE, NOW)
+    failed = invalid_record_result(
+        parsed, topic="orders.cancelled", partition=2, offset=41, trace=TRACE, now=NOW
+    )
     assert failed is not None
     assert failed.error.category == "invalid_event"
     assert failed.shipment_id is None
-    again = invalid_record_result(parsed, "orders.cancelled", 2, 41, TRACE, NOW)
+    again = invalid_record_result(
+        parsed, topic="orders.cancelled", partition=2, offset=41, trace=TRACE, now=NOW
+    )
     assert again is not None
     assert again.event_id == failed.event_id, "redelivery yields the same result id"
 
 
 def test_validation_messages_never_echo_input_values() -> None:
     secret = "sk_live_do_not_log_me"
-    parsed = parse_order_cancelled(
-        orjson.dumps({**EVENT, "occurred_at": secret}), max_bytes=10_000
-    )
+    parsed = parse_order_cancelled(orjson.dumps({**EVENT, "occurred_at": secret}), max_bytes=10_000)
     assert isinstance(parsed, InvalidRecord)
     assert secret not in parsed.message
 
 
 def test_an_invalid_record_without_an_order_gets_no_cancel_failed() -> None:
-    assert invalid_record_result(InvalidRecord("bad"), "t", 0, 1, TRACE, NOW) is None
+    assert (
+        invalid_record_result(
+            InvalidRecord("bad"), topic="t", partition=0, offset=1, trace=TRACE, now=NOW
+        )
+        is None
+    )
 
 
 def test_cancel_requests_carry_an_idempotency_key_equal_to_the_result_id() -> None:
@@ -100,7 +107,15 @@ def test_failed_results_keep_the_provider_details() -> None:
         provider_request_id="req-1",
         provider_errors=[{"error_code": "invalid_status", "extra": 1}],
     )
-    failed = failed_result(event, event.shipments[0], "shipstation", error, 1, TRACE, NOW)
+    failed = failed_result(
+        event,
+        event.shipments[0],
+        provider_kind="shipstation",
+        error=error,
+        attempts=1,
+        trace=TRACE,
+        now=NOW,
+    )
     assert failed.error.model_dump() == {
         "category": "conflict",
         "retryable": False,

@@ -1,0 +1,240 @@
+"""The aiohttp application, the ``Simulator`` that runs it, and ``serve_forever`` for the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from consumer.simulator.admin import PREFIX as ADMIN_PREFIX
+from consumer.simulator.admin import AdminApi, admin_error, is_loopback
+from consumer.simulator.context import SimulatorContext
+from consumer.simulator.mvmnt import MvmntApi
+from consumer.simulator.options import DEFAULT_OPTIONS, SimulatorOptions
+from consumer.simulator.recorder import RequestRecord
+from consumer.simulator.responses import (
+    REQUEST_ID,
+    empty_response,
+    json_response,
+    mvmnt_error,
+    mvmnt_nested_error,
+    shipstation_error,
+)
+from consumer.simulator.shipstation import ShipStationApi
+
+logger = logging.getLogger(__name__)
+
+
+def _provider_of(path: str) -> str | None:
+    if path.startswith("/shipstation/"):
+        return "shipstation"
+    if path.startswith("/mvmnt/"):
+        return "mvmnt"
+    return None
+
+
+def _http_error(provider: str | None, rid: str, exc: web.HTTPException) -> web.Response:
+    """An unknown route, wrong method or oversized body, in the provider's error shape."""
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    status = exc.status
+    if provider == "shipstation":
+        if status >= 500:
+            return empty_response(status)
+        return shipstation_error(
+            rid, status, "validation", "unspecified", exc.reason, headers=headers
+        )
+    if provider == "mvmnt":
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        message = "Resource not found" if status == 404 else exc.reason
+        return mvmnt_error(status, code.get(status, "bad_request"), message, headers=headers)
+    return json_response({"error": exc.reason}, status, headers=headers)
+
+
+def _internal_error(provider: str | None) -> web.Response:
+    if provider == "shipstation":
+        # ShipStation's ServerError has an empty body.
+        return empty_response(500)
+    if provider == "mvmnt":
+        return mvmnt_nested_error(500, "internal_error", "An unexpected error occurred")
+    return json_response({"error": "internal error"}, 500)
+
+
+def _middleware(ctx: SimulatorContext) -> Middleware:
+    recorder = ctx.recorder
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path.startswith(ADMIN_PREFIX + "/"):
+            return await _admin(request, handler)
+        rid = str(uuid.uuid4())
+        request[REQUEST_ID] = rid
+        headers = request.headers
+        record = RequestRecord(
+            at=time.time(),
+            request_id=rid,
+            method=request.method,
+            path=path,
+            query_string=request.query_string,
+            header_names=tuple(headers.keys()),
+            content_type=request.content_type if "Content-Type" in headers else "",
+            idempotency_key=headers.get("Idempotency-Key"),
+        )
+        recorder.begin(record)
+        provider = _provider_of(path)
+        try:
+            record.keep_body(await request.read())
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:
+            response = _http_error(provider, rid, exc)
+        except Exception:
+            logger.exception("simulator failed on %s %s", request.method, path)
+            response = _internal_error(provider)
+        finally:
+            recorder.end()
+        response.headers["X-Request-Id"] = rid
+        recorder.answered(record, response.status)
+        return response
+
+    return middleware
+
+
+async def _admin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response: web.StreamResponse
+    if not is_loopback(request.remote):
+        response = admin_error(403, "the admin API only serves loopback clients")
+    else:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = admin_error(exc.status, exc.reason)
+    response.headers["X-Request-Id"] = str(uuid.uuid4())
+    return response
+
+
+def build_app(ctx: SimulatorContext) -> web.Application:
+    app = web.Application(middlewares=[_middleware(ctx)])
+    app.add_routes(ShipStationApi(ctx).routes())
+    app.add_routes(MvmntApi(ctx).routes())
+    app.add_routes(AdminApi(ctx).routes())
+    return app
+
+
+def _url_host(host: str) -> str:
+    """A host clients can dial: wildcard binds become loopback, IPv6 gets brackets."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+class Simulator:
+    """Both providers' APIs plus ``/_admin`` on one loopback port."""
+
+    def __init__(self, options: SimulatorOptions = DEFAULT_OPTIONS) -> None:
+        self._options = options
+        self._ctx = SimulatorContext(options)
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    @property
+    def options(self) -> SimulatorOptions:
+        return self._options
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("the simulator is already running")
+        self._ctx.stopping.clear()
+        runner = web.AppRunner(
+            build_app(self._ctx),
+            # A client that gives up on a hanging call cancels the handler with it.
+            handler_cancellation=True,
+            access_log=logger if self._options.access_log else None,
+            shutdown_timeout=self._options.shutdown_timeout_seconds,
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._options.host, self._options.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._ctx.stopping.set()
+        await runner.cleanup()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the simulator has not been started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{_url_host(self._options.host)}:{self.port}"
+
+    @property
+    def shipstation_base_url(self) -> str:
+        return f"{self.base_url}/shipstation"
+
+    @property
+    def mvmnt_base_url(self) -> str:
+        return f"{self.base_url}/mvmnt/v1"
+
+    @property
+    def mvmnt_token_url(self) -> str:
+        return f"{self.base_url}/mvmnt/oauth2/token"
+
+    @property
+    def admin_url(self) -> str:
+        return f"{self.base_url}{ADMIN_PREFIX}"
+
+    def calls(self, provider: str, shipment_id: str) -> int:
+        """Cancel calls received for the shipment, answered or not, faulted or not."""
+        return self._ctx.recorder.calls(provider, shipment_id)
+
+    def stats(self) -> dict[str, Any]:
+        return self._ctx.recorder.stats()
+
+    def recent_requests(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The logged requests, oldest first, as GET /_admin/requests lists them."""
+        return self._ctx.recorder.recent(
+            limit if limit is not None else self._options.request_log_size
+        )
+
+
+async def serve_forever(options: SimulatorOptions) -> None:
+    """Run until cancelled (the caller's Ctrl-C / SIGTERM handling), then stop cleanly."""
+    async with Simulator(options) as simulator:
+        logger.info(
+            "provider simulator listening: shipstation=%s mvmnt=%s mvmnt_token=%s admin=%s",
+            simulator.shipstation_base_url,
+            simulator.mvmnt_base_url,
+            simulator.mvmnt_token_url,
+            simulator.admin_url,
+        )
+        await asyncio.Event().wait()

@@ -1,0 +1,58 @@
+"""The HTTP helpers both adapters share."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from consumer.errors import InternalError
+from consumer.providers.http import describe, json_body, redact, request_id, send
+
+
+def test_redact_replaces_secrets_anywhere_in_nested_values() -> None:
+    value = {"a": ["x-KEY-y", {"KEY": 3}], "b": "plain", "c": None}
+
+    assert redact(value, ["KEY", ""]) == {
+        "a": ["x-[redacted]-y", {"[redacted]": 3}],
+        "b": "plain",
+        "c": None,
+    }
+
+
+def test_redact_without_secrets_returns_the_value() -> None:
+    assert redact("text", [""]) == "text"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"<html>", b"{", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000],
+)
+def test_json_body_of_garbage_is_none(content: bytes) -> None:
+    assert json_body(httpx.Response(200, content=content)) is None
+
+
+def test_request_id_comes_from_the_header() -> None:
+    assert request_id(httpx.Response(200, headers={"X-Request-Id": " r-1 "})) == "r-1"
+    assert request_id(httpx.Response(200, headers={"X-Request-Id": ""})) is None
+
+
+def test_describe_quotes_a_non_json_body_on_one_short_line() -> None:
+    response = httpx.Response(502, content=b"<h1>Bad\n   gateway</h1>" + b"!" * 1000)
+
+    text = describe(response)
+
+    assert text.startswith("HTTP 502 Bad Gateway (non-JSON body: '<h1>Bad gateway</h1>!!!")
+    assert len(text) < 300
+
+
+def test_describe_leaves_json_bodies_to_the_adapters() -> None:
+    assert describe(httpx.Response(400, json={"error": "x"})) == "HTTP 400 Bad Request"
+
+
+async def test_an_undecodable_body_is_an_internal_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(InternalError, match="DecodingError"):
+            await send(client, "GET", "https://x.test/", what="probe", http_timeout=1, headers={})

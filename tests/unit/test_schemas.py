@@ -1,0 +1,360 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from consumer import headers
+from consumer.events import CancelFailed, OrderCancelled, ShipmentCancelled
+from consumer.schemas import (
+    ASYNCAPI_FILE,
+    JSON_SCHEMA_DIALECT,
+    SCHEMA_BASE_URL,
+    asyncapi_document,
+    main,
+    render_schemas,
+    to_yaml,
+)
+
+SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+# The DESIGN.md examples, with the placeholders ("<uuid5 ...>", "...") filled in.
+ORDER_CANCELLED_EXAMPLE: dict[str, Any] = {
+    "event_id": "0f8c3c2e-6a1b-4a7e-9d0f-2d1b6f5a9e11",
+    "event_type": "order.cancelled",
+    "schema_version": 1,
+    "occurred_at": "2026-11-21T10:00:00Z",
+    "order_id": "SO-1001",
+    "reason": "Customer changed their mind",
+    "shipments": [
+        {"provider": "shipstation", "shipment_id": "se-28529731"},
+        {"provider": "mvmnt", "shipment_id": "SHP-12345", "lookup": "key"},
+    ],
+}
+SHIPMENT_CANCELLED_EXAMPLE: dict[str, Any] = {
+    "event_id": "7637ebd2-c50c-5e5d-9033-3e408156da43",
+    "event_type": "shipment.cancelled",
+    "schema_version": 1,
+    "occurred_at": "2026-11-21T10:00:01Z",
+    "source_event_id": "0f8c3c2e-6a1b-4a7e-9d0f-2d1b6f5a9e11",
+    "order_id": "SO-1001",
+    "provider": "shipstation",
+    "provider_kind": "shipstation",
+    "shipment_id": "se-28529731",
+    "outcome": "cancelled",
+    "provider_status": None,
+    "provider_request_id": None,
+    "attempts": 1,
+    "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+}
+CANCEL_FAILED_EXAMPLE: dict[str, Any] = {
+    "event_id": "3b0f0a52-4f55-5d7c-a2a8-6a1f7a3e2c10",
+    "event_type": "shipment.cancel_failed",
+    "schema_version": 1,
+    "occurred_at": "2026-11-21T10:00:02Z",
+    "source_event_id": "0f8c3c2e-6a1b-4a7e-9d0f-2d1b6f5a9e11",
+    "order_id": "SO-1001",
+    "provider": "shipstation",
+    "provider_kind": "shipstation",
+    "shipment_id": "se-1",
+    "attempts": 3,
+    "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+    "span_id": "00f067aa0ba902b7",
+    "error": {
+        "category": "conflict",
+        "retryable": False,
+        "message": "shipment se-1 cannot be cancelled: it has an active label",
+        "http_status": 400,
+        "provider_code": "invalid_status",
+        "provider_request_id": "req-5e1a",
+        "provider_errors": [
+            {
+                "error_source": "shipstation",
+                "error_type": "business_rules",
+                "error_code": "invalid_status",
+                "message": "The shipment has an active label.",
+            }
+        ],
+    },
+}
+
+EXAMPLES: list[tuple[str, type[BaseModel], dict[str, Any]]] = [
+    ("order.cancelled.v1.json", OrderCancelled, ORDER_CANCELLED_EXAMPLE),
+    ("shipment.cancelled.v1.json", ShipmentCancelled, SHIPMENT_CANCELLED_EXAMPLE),
+    ("shipment.cancel_failed.v1.json", CancelFailed, CANCEL_FAILED_EXAMPLE),
+]
+EXAMPLE_IDS = [name for name, _, _ in EXAMPLES]
+
+
+def schema(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(render_schemas()[name])
+    return loaded
+
+
+# --- generated files --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(render_schemas()))
+def test_schema_file_on_disk_matches_the_models(name: str) -> None:
+    path = SCHEMAS_DIR / name
+    assert path.exists(), f"schemas/{name} is missing: run `make schemas`"
+    assert path.read_text(encoding="utf-8") == render_schemas()[name], (
+        f"schemas/{name} is stale (the models changed): run `make schemas`"
+    )
+
+
+def test_schemas_dir_holds_only_generated_files() -> None:
+    on_disk = {path.name for path in SCHEMAS_DIR.iterdir() if path.is_file()}
+    assert on_disk == set(render_schemas()), "schemas/ is generated: run `make schemas`"
+
+
+def test_rendering_is_deterministic() -> None:
+    assert render_schemas() == render_schemas()
+
+
+def test_generator_writes_every_file_to_the_chosen_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--out", str(tmp_path / "out")]) == 0
+
+    written = {path.name: path.read_text(encoding="utf-8") for path in (tmp_path / "out").iterdir()}
+    assert written == render_schemas()
+    assert "asyncapi.yaml" in capsys.readouterr().out
+
+
+# --- JSON Schema ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", EXAMPLE_IDS)
+def test_json_schema_declares_dialect_and_a_stable_id(name: str) -> None:
+    text = render_schemas()[name]
+    document = json.loads(text)
+    assert document["$schema"] == JSON_SCHEMA_DIALECT
+    assert document["$id"] == f"{SCHEMA_BASE_URL}{name}"
+    assert document["type"] == "object"
+    assert text.endswith("}\n")
+    assert text.startswith('{\n  "$schema"')
+
+
+@pytest.mark.parametrize(("name", "model", "example"), EXAMPLES, ids=EXAMPLE_IDS)
+def test_design_example_validates_against_its_model(
+    name: str, model: type[BaseModel], example: dict[str, Any]
+) -> None:
+    event = model.model_validate_json(json.dumps(example))
+    assert event.model_dump(mode="json")["event_type"] == example["event_type"]
+
+
+@pytest.mark.parametrize(("name", "model", "example"), EXAMPLES, ids=EXAMPLE_IDS)
+def test_design_example_fits_its_json_schema(
+    name: str, model: type[BaseModel], example: dict[str, Any]
+) -> None:
+    document = schema(name)
+    assert set(document["required"]) <= set(example)
+    assert set(example) <= set(document["properties"])
+    assert document["properties"]["event_type"]["const"] == example["event_type"]
+    assert document["properties"]["schema_version"]["const"] == 1
+
+
+def test_input_schema_requires_only_what_the_model_requires() -> None:
+    # Producers may leave out `reason` and `lookup`; extra fields are allowed.
+    document = schema("order.cancelled.v1.json")
+    assert document["required"] == [
+        "event_id",
+        "event_type",
+        "schema_version",
+        "occurred_at",
+        "order_id",
+        "shipments",
+    ]
+    assert document["$defs"]["ShipmentRef"]["required"] == ["provider", "shipment_id"]
+    assert "additionalProperties" not in document
+    assert document["properties"]["shipments"]["maxItems"] == 50
+    assert document["properties"]["order_id"]["maxLength"] == 128
+
+
+@pytest.mark.parametrize("name", ["shipment.cancelled.v1.json", "shipment.cancel_failed.v1.json"])
+def test_result_schema_marks_every_written_field_required(name: str) -> None:
+    # dump_event writes every field, so readers may count on each key being there.
+    document = schema(name)
+    assert set(document["required"]) == set(document["properties"])
+    assert document["additionalProperties"] is False
+
+
+def test_cancel_failed_schema_keeps_error_details_and_categories() -> None:
+    document = schema("shipment.cancel_failed.v1.json")
+    error = document["$defs"]["ErrorDetail"]
+    assert set(error["required"]) == {
+        "category",
+        "retryable",
+        "message",
+        "http_status",
+        "provider_code",
+        "provider_request_id",
+        "provider_errors",
+    }
+    assert "rate_limited" in document["$defs"]["ErrorCategory"]["enum"]
+    assert document["properties"]["span_id"]["pattern"] == "^[0-9a-f]{16}$"
+
+
+# --- AsyncAPI ---------------------------------------------------------------------------------
+
+
+def test_asyncapi_describes_the_four_topics() -> None:
+    document = asyncapi_document()
+    assert document["asyncapi"] == "3.0.0"
+    channels = document["channels"]
+    assert isinstance(channels, dict)
+    addresses = {channel["address"] for channel in channels.values()}
+    assert addresses == {
+        "orders.cancelled",
+        "shipments.cancelled",
+        "shipments.cancel-failed",
+        "orders.cancelled.dlq",
+    }
+
+
+def test_asyncapi_operations_receive_input_and_send_results() -> None:
+    document: Any = asyncapi_document()
+    actions = {}
+    for operation in document["operations"].values():
+        channel_id = operation["channel"]["$ref"].removeprefix("#/channels/")
+        actions[document["channels"][channel_id]["address"]] = operation["action"]
+    assert actions == {
+        "orders.cancelled": "receive",
+        "shipments.cancelled": "send",
+        "shipments.cancel-failed": "send",
+        "orders.cancelled.dlq": "send",
+    }
+
+
+def test_asyncapi_refs_resolve() -> None:
+    document: Any = asyncapi_document()
+    local_files = set(render_schemas())
+    refs = list(_refs(document))
+    assert refs
+    for ref in refs:
+        if ref.startswith("#/"):
+            target = document
+            for part in ref.removeprefix("#/").split("/"):
+                target = target[part]
+        else:
+            assert ref.removeprefix("./") in local_files, ref
+
+
+def test_asyncapi_payloads_are_the_generated_json_schemas() -> None:
+    messages: Any = asyncapi_document()["components"]
+    payloads = {
+        message["name"]: message["payload"].get("$ref") for message in messages["messages"].values()
+    }
+    assert payloads == {
+        "order.cancelled": "./order.cancelled.v1.json",
+        "shipment.cancelled": "./shipment.cancelled.v1.json",
+        "shipment.cancel_failed": "./shipment.cancel_failed.v1.json",
+        "order.cancelled.dead_letter": None,
+    }
+
+
+def test_asyncapi_record_key_is_the_order_id() -> None:
+    messages: Any = asyncapi_document()["components"]
+    for message_id in ("orderCancelled", "shipmentCancelled", "shipmentCancelFailed"):
+        key = messages["messages"][message_id]["bindings"]["kafka"]["key"]
+        assert key["type"] == "string"
+        assert "order_id" in key["description"]
+
+
+def test_asyncapi_headers_use_the_shared_header_names() -> None:
+    messages: Any = asyncapi_document()["components"]
+    result_headers = messages["messages"]["shipmentCancelFailed"]["headers"]["properties"]
+    assert set(result_headers) == {
+        headers.TRACEPARENT,
+        headers.TRACESTATE,
+        headers.CONTENT_TYPE,
+        headers.EVENT_TYPE,
+        headers.SOURCE_EVENT_ID,
+    }
+    dlq_headers = messages["messages"]["deadLetter"]["headers"]
+    assert set(dlq_headers["required"]) == {
+        "dlq-source-topic",
+        "dlq-source-partition",
+        "dlq-source-offset",
+        "dlq-error-category",
+        "dlq-error-message",
+        "dlq-failed-at",
+    }
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if "$ref" in node else []
+        return found + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
+
+
+# --- the YAML emitter -------------------------------------------------------------------------
+
+
+def test_yaml_quotes_strings_that_would_read_back_as_something_else() -> None:
+    text = to_yaml(
+        {
+            "version": "3.0.0",
+            "flag": "true",
+            "no": "No",
+            "ref": "./order.cancelled.v1.json",
+            "pointer": "#/components/messages/x",
+            "colon": "key: value",
+            "comment": "a #b",
+            "quote": "it's",
+            "newline": "two\nlines",
+            "empty": "",
+            "plain": "order.cancelled topic, v1",
+        }
+    )
+    assert text == (
+        "version: '3.0.0'\n"
+        "flag: 'true'\n"
+        "'no': 'No'\n"
+        "ref: './order.cancelled.v1.json'\n"
+        "pointer: '#/components/messages/x'\n"
+        "colon: 'key: value'\n"
+        "comment: 'a #b'\n"
+        "quote: it's\n"
+        'newline: "two\\nlines"\n'
+        "empty: ''\n"
+        "plain: order.cancelled topic, v1\n"
+    )
+
+
+def test_yaml_nests_mappings_and_lists_in_block_style() -> None:
+    text = to_yaml(
+        {
+            "a": {"b": [1, True, None], "c": []},
+            "d": [{"e": "f", "g": {"h": False}}, ["i"]],
+            "j": {},
+        }
+    )
+    assert text == (
+        "a:\n"
+        "  b:\n"
+        "    - 1\n"
+        "    - true\n"
+        "    - null\n"
+        "  c: []\n"
+        "d:\n"
+        "  - e: f\n"
+        "    g:\n"
+        "      h: false\n"
+        "  - - i\n"
+        "j: {}\n"
+    )
+
+
+def test_asyncapi_file_is_readable_yaml_text() -> None:
+    text = render_schemas()[ASYNCAPI_FILE]
+    assert text.startswith("asyncapi: '3.0.0'\n")
+    assert "  ordersCancelled:\n    address: orders.cancelled\n" in text
+    assert "        $ref: './order.cancelled.v1.json'\n" in text
