@@ -45,12 +45,20 @@ class KafkaSettings(_Frozen):
     # Real Kafka supports the idempotent producer; the embedded Tansu broker does not.
     enable_idempotence: bool = True
     session_timeout_ms: int = Field(default=45_000, ge=1_000)
+    # Must be well under session_timeout_ms (a third or less).
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
     # Largest record the producer may send: a DLQ copy must fit whatever the input allowed.
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # How often finished offsets are committed (also on revocation and shutdown).
     commit_interval_seconds: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        return self
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaSettings:

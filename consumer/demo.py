@@ -99,6 +99,9 @@ def demo_settings(bootstrap: str, simulator: Simulator, suffix: str) -> Settings
                 "dlq_topic": f"orders.cancelled.dlq{suffix}",
                 "enable_idempotence": False,
                 "commit_interval_seconds": 0.5,
+                # Tansu holds a group's first join for half the session timeout.
+                "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 1000,
             },
             "processing": {"retry": {"backoff_initial_seconds": 0.1}},
             "telemetry": {"log_level": "ERROR", "log_format": "text"},

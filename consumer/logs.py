@@ -51,5 +51,8 @@ def configure_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Library chatter (connection churn, per-request lines) is noise at INFO.
-    for noisy in ("aiokafka", "httpx", "httpcore", "aiohttp.access"):
+    for noisy in ("httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # aiokafka logs every failed connect at ERROR during an outage; the runner reports broker
+    # trouble once, in its own words. Its raw lines are there at DEBUG.
+    logging.getLogger("aiokafka").setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)

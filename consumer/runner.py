@@ -89,6 +89,7 @@ class Runner:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
             max_poll_interval_ms=kafka.max_poll_interval_ms,
             request_timeout_ms=kafka.request_timeout_ms,
             **client_options(kafka),

@@ -83,6 +83,7 @@ async def settings(bootstrap_servers: str, simulator: Simulator) -> Settings:
                 "enable_idempotence": os.environ.get(BOOTSTRAP_ENV) is not None,
                 "commit_interval_seconds": 0.2,
                 "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 1000,
             },
             "processing": {
                 "max_in_flight": 64,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import defaultdict
 
 import orjson
+import pytest
 
 from consumer import headers as h
 from consumer.events import CancelFailed, ShipmentCancelled, result_event_id
@@ -188,4 +190,32 @@ async def test_a_restart_resumes_from_the_committed_offsets_without_losing_input
         assert simulator.calls("shipstation", f"se-{i}-slow100") == 1
     committed = await cluster.committed()
     for partition, end in end_offsets(first + second).items():
+        assert committed[partition] == end
+
+
+async def test_a_member_joining_mid_stream_takes_over_partitions_without_losing_input(
+    cluster: Cluster, simulator: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="consumer.runner")
+    sent = [
+        await cluster.send(order_event(f"SO-{i}", ("shipstation", f"se-{i}-slow50")))
+        for i in range(90)
+    ]
+    async with running_processor(cluster.settings):
+        await cluster.results(count=10)
+        # The rebalance revokes partitions with work in flight: it is drained and committed.
+        async with running_processor(cluster.settings):
+            results = await cluster.results(count=90, timeout=60)
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert "partitions revoked" in messages, "the second member really joined"
+    assert {r["order_id"] for r in results} == {f"SO-{i}" for i in range(90)}
+    by_id: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for result in results:
+        by_id[str(result["event_id"])].append(result)
+    assert len(by_id) == 90
+    repeated = [i for i in range(90) if simulator.calls("shipstation", f"se-{i}-slow50") != 1]
+    assert repeated == [], "drained revocation repeats no work"
+    committed = await cluster.committed()
+    for partition, end in end_offsets(sent).items():
         assert committed[partition] == end
