@@ -105,20 +105,7 @@ def demo_settings(bootstrap: str, simulator: Simulator, suffix: str) -> Settings
             },
             "processing": {"retry": {"backoff_initial_seconds": 0.1}},
             "telemetry": {"log_level": "ERROR", "log_format": "text"},
-            "providers": {
-                "shipstation": {
-                    "kind": "shipstation",
-                    "base_url": simulator.shipstation_base_url,
-                    "api_key": simulator.options.shipstation_api_key,
-                },
-                "mvmnt": {
-                    "kind": "mvmnt",
-                    "base_url": simulator.mvmnt_base_url,
-                    "token_url": simulator.mvmnt_token_url,
-                    "client_id": simulator.options.mvmnt_client_id,
-                    "client_secret": simulator.options.mvmnt_client_secret,
-                },
-            },
+            "providers": simulator.provider_accounts(),
         },
         {},
         source="demo",

@@ -209,6 +209,23 @@ class Simulator:
     def mvmnt_token_url(self) -> str:
         return f"{self.base_url}/mvmnt/oauth2/token"
 
+    def provider_accounts(self) -> dict[str, dict[str, object]]:
+        """The ``[providers]`` config of one account per kind, pointing at this simulator."""
+        return {
+            "shipstation": {
+                "kind": "shipstation",
+                "base_url": self.shipstation_base_url,
+                "api_key": self.options.shipstation_api_key,
+            },
+            "mvmnt": {
+                "kind": "mvmnt",
+                "base_url": self.mvmnt_base_url,
+                "token_url": self.mvmnt_token_url,
+                "client_id": self.options.mvmnt_client_id,
+                "client_secret": self.options.mvmnt_client_secret,
+            },
+        }
+
     @property
     def admin_url(self) -> str:
         return f"{self.base_url}{ADMIN_PREFIX}"

@@ -71,6 +71,7 @@ async def simulator() -> AsyncIterator[Simulator]:
 async def settings(bootstrap_servers: str, simulator: Simulator) -> Settings:
     """Settings with topics and a group of this test's own, created with 3 partitions."""
     run = uuid.uuid4().hex[:10]
+    accounts = simulator.provider_accounts()
     built = settings_from_mapping(
         {
             "kafka": {
@@ -92,20 +93,9 @@ async def settings(bootstrap_servers: str, simulator: Simulator) -> Settings:
             },
             "telemetry": {"log_level": "WARNING", "log_format": "text"},
             "providers": {
-                "shipstation": {
-                    "kind": "shipstation",
-                    "base_url": simulator.shipstation_base_url,
-                    "api_key": simulator.options.shipstation_api_key,
-                    # The simulator has no limit; ShipStation's 200/min would slow tests.
-                    "rate_limit_per_minute": 60_000,
-                },
-                "mvmnt": {
-                    "kind": "mvmnt",
-                    "base_url": simulator.mvmnt_base_url,
-                    "token_url": simulator.mvmnt_token_url,
-                    "client_id": simulator.options.mvmnt_client_id,
-                    "client_secret": simulator.options.mvmnt_client_secret,
-                },
+                **accounts,
+                # The simulator has no limit; ShipStation's 200/min would slow tests.
+                "shipstation": {**accounts["shipstation"], "rate_limit_per_minute": 60_000},
             },
         },
         {},
