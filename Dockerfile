@@ -47,7 +47,9 @@ COPY --from=builder /opt/venv /opt/venv
 
 # Logs leave at once (a crash must not swallow the last lines); the venv is read-only to
 # the service user, so it should not try to write bytecode there.
+# HOME must be writable: `demo` copies the embedded broker binary under ~/.calfkit.
 ENV PATH="/opt/venv/bin:${PATH}" \
+    HOME=/tmp \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 
