@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -26,6 +27,8 @@ from consumer.providers.base import CancelOutcome, CancelRequest
 
 # Long enough to say what is wrong, short enough for a header and a log line.
 _MAX_ERROR_MESSAGE = 500
+# Provider error details kept per result; a result record must always fit the broker.
+_MAX_PROVIDER_ERRORS_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +169,21 @@ def error_detail(error: CancelError) -> ErrorDetail:
         http_status=error.http_status,
         provider_code=error.provider_code,
         provider_request_id=error.provider_request_id,
-        provider_errors=error.provider_errors,
+        provider_errors=bounded_provider_errors(error.provider_errors),
     )
+
+
+def bounded_provider_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The provider's errors as given, as many as fit the size budget, then a marker."""
+    kept: list[dict[str, Any]] = []
+    used = 0
+    for index, entry in enumerate(errors):
+        used += len(orjson.dumps(entry, default=str))
+        if used > _MAX_PROVIDER_ERRORS_BYTES:
+            kept.append({"truncated": True, "omitted": len(errors) - index})
+            break
+        kept.append(entry)
+    return kept
 
 
 def invalid_record_result(

@@ -42,9 +42,14 @@ class AccountGate:
         self._bucket = _token_bucket(rate_per_minute) if rate_per_minute else None
 
     async def __aenter__(self) -> None:
-        if self._bucket is not None:
-            await self._bucket.acquire()
+        # Slot first: a token taken while queueing for a slot would be spent in a burst later.
         await self._slots.acquire()
+        if self._bucket is not None:
+            try:
+                await self._bucket.acquire()
+            except BaseException:
+                self._slots.release()
+                raise
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._slots.release()
@@ -85,13 +90,15 @@ async def cancel_with_retries(
     while True:
         attempts += 1
         called = False
+        budget = asyncio.timeout(max(0.0, deadline - clock()))
         try:
-            async with asyncio.timeout(max(0.0, deadline - clock())):
-                async with gate:
-                    called = True
-                    outcome = await attempt()
+            async with budget, gate:
+                called = True
+                outcome = await attempt()
             return Attempted(attempts, outcome=outcome)
         except TimeoutError:
+            if not budget.expired():
+                raise
             error: CancelError = (
                 ProviderTimeoutError(f"no answer within the {policy.budget_seconds:g}s budget")
                 if called

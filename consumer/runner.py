@@ -90,6 +90,11 @@ class Runner:
             auto_offset_reset="earliest",
             session_timeout_ms=kafka.session_timeout_ms,
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+            # The group waits this long for us to rejoin: long enough for a full drain.
+            rebalance_timeout_ms=max(
+                kafka.session_timeout_ms,
+                int(self._processing.drain_grace_seconds * 1000) + kafka.request_timeout_ms,
+            ),
             max_poll_interval_ms=kafka.max_poll_interval_ms,
             request_timeout_ms=kafka.request_timeout_ms,
             **client_options(kafka),
@@ -158,22 +163,52 @@ class Runner:
             if free <= 0:
                 self._slot_freed.clear()
                 await _wait_any(stop, self._slot_freed, timeout=0.5)
-                # Keep polling while paused so the group does not think we are stuck.
-                await self._consumer.getmany(timeout_ms=0)
-            else:
-                batches = await self._consumer.getmany(timeout_ms=200, max_records=free)
-                for tp, records in batches.items():
-                    for record in records:
-                        self._dispatch(tp, record)
+            # Polling goes on while paused, so the group does not think we are stuck.
+            batches = await self._poll(stop, timeout_ms=200 if free > 0 else 0, max_records=free)
+            for tp, records in batches.items():
+                for record in records:
+                    self._dispatch(tp, record)
             if time.monotonic() >= next_commit:
                 await self._commit(self._progress.keys())
                 next_commit = time.monotonic() + commit_every
 
+    async def _poll(
+        self, stop: asyncio.Event, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """``getmany``, abandoned when ``stop`` is set: aiokafka waits without limit for a
+        rebalance to settle, and a stop request must not wait with it."""
+        fetch = asyncio.ensure_future(
+            self._consumer.getmany(timeout_ms=timeout_ms, max_records=max(1, max_records))
+        )
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not fetch.done():
+                fetch.cancel()
+                # It may still complete instead: its records must then be dispatched.
+                await asyncio.wait({fetch})
+        finally:
+            stopping.cancel()
+            fetch.cancel()
+        if fetch.cancelled():
+            return {}
+        try:
+            batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = fetch.result()
+        except KafkaError as exc:
+            # Coordinator and fetch errors surface here; the consumer recovers by itself.
+            log.warning(
+                "kafka poll failed, retrying", extra={"error": f"{type(exc).__name__}: {exc}"}
+            )
+            await _wait(stop, 1.0)
+            return {}
+        return batches
+
     def _pause_when_full(self, free: int) -> None:
-        if free <= 0 and not self._paused:
+        if free <= 0:
+            # Re-applied every time: a new assignment arrives unpaused.
             self._consumer.pause(*self._consumer.assignment())
             self._paused = True
-        elif free > 0 and self._paused:
+        elif self._paused:
             self._consumer.resume(*self._consumer.assignment())
             self._paused = False
 
@@ -183,7 +218,14 @@ class Runner:
             if tp not in self._consumer.assignment():
                 return  # revoked meanwhile: the new owner reads it from the committed offset
             progress = self._progress[tp] = PartitionProgress()
-        progress.start(record.offset)
+        try:
+            progress.start(record.offset)
+        except ValueError:
+            # The position went backwards (an offset reset after log truncation): track
+            # the partition afresh; work already in flight for it finishes harmlessly.
+            log.warning("partition position moved backwards", extra=_coordinates(tp, record))
+            progress = self._progress[tp] = PartitionProgress()
+            progress.start(record.offset)
         parsed = parse_order_cancelled(record.value, self._processing.max_event_bytes)
         if isinstance(parsed, OrderCancelled):
             key = parsed.order_id
@@ -199,6 +241,14 @@ class Runner:
         self._slot_freed.set()
         if task.cancelled():
             return  # interrupted by revocation or shutdown: not done, so not committable
+        if task.exception() is not None:
+            # Never commit past a record whose outcome did not reach the broker.
+            log.error(
+                "record handling failed; its partition will not commit past it",
+                exc_info=task.exception(),
+                extra={"topic": tp.topic, "partition": tp.partition, "offset": offset},
+            )
+            return
         progress = self._progress.get(tp)
         if progress is not None:
             progress.finish(offset)
@@ -298,6 +348,11 @@ class Runner:
             (h.DLQ_ERROR_MESSAGE, message.encode()),
             (h.DLQ_FAILED_AT, utc_now().isoformat().encode()),
         ]
+        if record.key is None and record.value is None:
+            # Kafka cannot carry a record with neither key nor value: say so in a header.
+            return Outgoing(
+                self._kafka.dlq_topic, None, b"", [*headers, (h.DLQ_VALUE_DROPPED, b"null")]
+            )
         return Outgoing(self._kafka.dlq_topic, record.key, record.value, headers)
 
     async def _publish(self, outgoing: list[Outgoing], span: trace.Span) -> None:
@@ -311,24 +366,30 @@ class Runner:
                 ]
                 await asyncio.gather(*futures)
                 return
-            except MessageSizeTooLargeError:
-                outgoing = [
-                    _without_value(o) if o.topic == self._kafka.dlq_topic else o for o in outgoing
-                ]
-                log.warning("record too large for the broker; DLQ copy keeps headers only")
+            except MessageSizeTooLargeError as exc:
+                if any(o.topic == self._kafka.dlq_topic and o.value for o in outgoing):
+                    outgoing = [
+                        _without_value(o) if o.topic == self._kafka.dlq_topic else o
+                        for o in outgoing
+                    ]
+                    log.warning("record too large for the broker; DLQ copy keeps headers only")
+                    continue
+                error: Exception = exc
             except KafkaError as exc:
-                wait = _PRODUCE_RETRY_SECONDS[min(attempt, len(_PRODUCE_RETRY_SECONDS) - 1)]
-                attempt += 1
-                log.warning(
-                    "producing results failed, retrying",
-                    extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_seconds": wait},
-                )
-                span.add_event("produce retry", {"error.type": type(exc).__name__})
-                await asyncio.sleep(wait)
+                error = exc
+            wait = _PRODUCE_RETRY_SECONDS[min(attempt, len(_PRODUCE_RETRY_SECONDS) - 1)]
+            attempt += 1
+            log.warning(
+                "producing results failed, retrying",
+                extra={"error": f"{type(error).__name__}: {error}", "retry_in_seconds": wait},
+            )
+            span.add_event("produce retry", {"error.type": type(error).__name__})
+            await asyncio.sleep(wait)
 
     async def _commit(self, partitions: Iterable[TopicPartition]) -> None:
         offsets = {}
-        for tp in list(partitions):
+        assigned = self._consumer.assignment()
+        for tp in [tp for tp in partitions if tp in assigned]:
             progress = self._progress.get(tp)
             position = progress.pending_commit() if progress else None
             if position is not None:
@@ -336,7 +397,13 @@ class Runner:
         if not offsets:
             return
         try:
-            await self._consumer.commit(offsets)
+            # aiokafka retries a commit until the coordinator answers; bound it so a broker
+            # outage cannot hold a shutdown or a rebalance. Uncommitted work is redone.
+            async with asyncio.timeout(self._kafka.request_timeout_ms / 1000):
+                await self._consumer.commit(offsets)
+        except TimeoutError:
+            log.warning("offset commit timed out; the work will be redelivered")
+            return
         except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
             # The group moved on; the new owner resumes from the last good commit.
             log.warning("offset commit skipped during a rebalance", extra={"error": str(exc)})
@@ -371,7 +438,6 @@ class Runner:
 
     async def _shutdown(self) -> None:
         await self.drain(list(self._progress))
-        # Leaving the group triggers the revocation callback, which now has nothing to do.
         await self._consumer.stop()
         await self._producer.stop()
         log.info("stopped")

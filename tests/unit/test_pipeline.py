@@ -126,3 +126,22 @@ def test_failed_results_keep_the_provider_details() -> None:
         "provider_errors": [{"error_code": "invalid_status", "extra": 1}],
     }
     assert failed.span_id == TRACE.span_id
+
+
+def test_huge_provider_error_details_are_cut_to_fit_a_kafka_record() -> None:
+    event = OrderCancelled.model_validate(EVENT)
+    errors = [{"message": "x" * 1000, "n": i} for i in range(100)]
+    error = ConflictError("refused", provider_errors=errors)
+    failed = failed_result(
+        event,
+        event.shipments[0],
+        provider_kind="shipstation",
+        error=error,
+        attempts=1,
+        trace=TRACE,
+        now=NOW,
+    )
+    kept = failed.error.provider_errors
+    assert kept[:3] == errors[:3], "the first errors are kept as the provider sent them"
+    assert kept[-1] == {"truncated": True, "omitted": 100 - (len(kept) - 1)}
+    assert len(orjson.dumps(kept)) < 20_000
