@@ -10,6 +10,16 @@ from urllib.parse import parse_qs
 import httpx
 import orjson
 
+from consumer.errors import (
+    AuthError,
+    CancelError,
+    NotFoundError,
+    ProviderTimeoutError,
+    RateLimitedError,
+    RejectedError,
+    UnavailableError,
+)
+
 Answer = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
 
 
@@ -81,3 +91,18 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+# The category every provider gives a bare error status (no body refinement).
+STATUS_CATEGORIES: list[tuple[int, type[CancelError]]] = [
+    (400, RejectedError),
+    (401, AuthError),
+    (403, AuthError),
+    (404, NotFoundError),
+    (422, RejectedError),
+    (429, RateLimitedError),
+    (500, UnavailableError),
+    (502, UnavailableError),
+    (503, UnavailableError),
+    (504, ProviderTimeoutError),
+]

@@ -24,7 +24,14 @@ from consumer.errors import (
 )
 from consumer.providers.base import CancelOutcome, CancelRequest
 from consumer.providers.mvmnt import MvmntProvider, MvmntSettings
-from tests.providers.provider_fakes import FakeApi, FakeClock, form_of, json_of, reply
+from tests.providers.provider_fakes import (
+    STATUS_CATEGORIES,
+    FakeApi,
+    FakeClock,
+    form_of,
+    json_of,
+    reply,
+)
 
 BASE = "https://mvmnt.test/v1"
 TOKEN_URL = "https://auth.mvmnt.test/oauth2/token"
@@ -387,18 +394,7 @@ async def test_a_failed_token_request_is_retried_on_the_next_call(
 
 @pytest.mark.parametrize(
     ("status", "expected"),
-    [
-        (400, RejectedError),
-        (401, AuthError),
-        (403, AuthError),
-        (404, NotFoundError),
-        (422, RejectedError),
-        (429, RateLimitedError),
-        (500, UnavailableError),
-        (502, UnavailableError),
-        (503, UnavailableError),
-        (504, ProviderTimeoutError),
-    ],
+    STATUS_CATEGORIES,
 )
 async def test_each_error_status_maps_to_its_category(
     api: FakeApi, client: httpx.AsyncClient, status: int, expected: type[CancelError]

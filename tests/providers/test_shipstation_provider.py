@@ -22,7 +22,7 @@ from consumer.errors import (
 )
 from consumer.providers.base import CancelOutcome, CancelRequest
 from consumer.providers.shipstation import ShipStationProvider, ShipStationSettings
-from tests.providers.provider_fakes import FakeApi, reply
+from tests.providers.provider_fakes import STATUS_CATEGORIES, FakeApi, reply
 
 API_KEY = "ss-live-key-0123456789"
 BASE = "https://ss.test"
@@ -135,18 +135,7 @@ def test_kind_is_shipstation(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     ("status", "expected"),
-    [
-        (400, RejectedError),
-        (401, AuthError),
-        (403, AuthError),
-        (404, NotFoundError),
-        (422, RejectedError),
-        (429, RateLimitedError),
-        (500, UnavailableError),
-        (502, UnavailableError),
-        (503, UnavailableError),
-        (504, ProviderTimeoutError),
-    ],
+    STATUS_CATEGORIES,
 )
 async def test_each_error_status_maps_to_its_category(
     api: FakeApi, client: httpx.AsyncClient, status: int, expected: type[CancelError]

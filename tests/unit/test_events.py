@@ -17,6 +17,7 @@ from consumer.events import (
     dump_event,
     result_event_id,
 )
+from tests.examples import order_cancelled_example
 
 SOURCE_ID = uuid.UUID("0f8c3c2e-6a1b-4a7e-9d0f-2d1b6f5a9e11")
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -25,20 +26,7 @@ SPAN_ID = "00f067aa0ba902b7"
 
 def order_payload(**overrides: Any) -> dict[str, Any]:
     """The DESIGN.md input example, with fields replaced as a test needs."""
-    payload: dict[str, Any] = {
-        "event_id": str(SOURCE_ID),
-        "event_type": "order.cancelled",
-        "schema_version": 1,
-        "occurred_at": "2026-11-21T10:00:00Z",
-        "order_id": "SO-1001",
-        "reason": "Customer changed their mind",
-        "shipments": [
-            {"provider": "shipstation", "shipment_id": "se-28529731"},
-            {"provider": "mvmnt", "shipment_id": "SHP-12345", "lookup": "key"},
-        ],
-    }
-    payload.update(overrides)
-    return payload
+    return order_cancelled_example(**{"event_id": str(SOURCE_ID), **overrides})
 
 
 def shipments(count: int) -> list[dict[str, str]]:

@@ -14,19 +14,9 @@ from consumer.pipeline import (
     invalid_record_result,
     parse_order_cancelled,
 )
+from tests.examples import order_cancelled_example
 
-EVENT = {
-    "event_id": "0f8c3c2e-6a1b-4a7e-9d0f-2d1b6f5a9e11",
-    "event_type": "order.cancelled",
-    "schema_version": 1,
-    "occurred_at": "2026-11-21T10:00:00Z",
-    "order_id": "SO-1001",
-    "reason": "Customer changed their mind",
-    "shipments": [
-        {"provider": "shipstation", "shipment_id": "se-28529731"},
-        {"provider": "mvmnt", "shipment_id": "SHP-12345", "lookup": "key"},
-    ],
-}
+EVENT = order_cancelled_example()
 TRACE = TraceRef("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 
@@ -59,7 +49,7 @@ def test_an_invalid_event_that_names_its_order_keeps_the_order_and_event_id() ->
     parsed = parse_order_cancelled(orjson.dumps({**EVENT, "shipments": []}), max_bytes=10_000)
     assert isinstance(parsed, InvalidRecord)
     assert parsed.order_id == "SO-1001"
-    assert parsed.source_event_id == uuid.UUID(EVENT["event_id"])  # type: ignore[arg-type]
+    assert parsed.source_event_id == uuid.UUID(EVENT["event_id"])
     failed = invalid_record_result(
         parsed, topic="orders.cancelled", partition=2, offset=41, trace=TRACE, now=NOW
     )

@@ -18,22 +18,12 @@ from consumer.schemas import (
     render_schemas,
     to_yaml,
 )
+from tests.examples import order_cancelled_example
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
 # The DESIGN.md examples, with the placeholders ("<uuid5 ...>", "...") filled in.
-ORDER_CANCELLED_EXAMPLE: dict[str, Any] = {
-    "event_id": "0f8c3c2e-6a1b-4a7e-9d0f-2d1b6f5a9e11",
-    "event_type": "order.cancelled",
-    "schema_version": 1,
-    "occurred_at": "2026-11-21T10:00:00Z",
-    "order_id": "SO-1001",
-    "reason": "Customer changed their mind",
-    "shipments": [
-        {"provider": "shipstation", "shipment_id": "se-28529731"},
-        {"provider": "mvmnt", "shipment_id": "SHP-12345", "lookup": "key"},
-    ],
-}
+ORDER_CANCELLED_EXAMPLE: dict[str, Any] = order_cancelled_example()
 SHIPMENT_CANCELLED_EXAMPLE: dict[str, Any] = {
     "event_id": "7637ebd2-c50c-5e5d-9033-3e408156da43",
     "event_type": "shipment.cancelled",
