@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -11,11 +11,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
+from consumer import headers as h
 from consumer.config import TelemetrySettings
 
-KafkaHeaders = Sequence[tuple[str, bytes]]
 # Only these inbound headers are read for trace context; everything else is ignored.
-_TRACE_HEADERS = ("traceparent", "tracestate")
+_TRACE_HEADERS = (h.TRACEPARENT, h.TRACESTATE)
 # A tracestate longer than the W3C limit (512 chars) is dropped, never parsed.
 _MAX_TRACE_HEADER_BYTES = 512
 
