@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import httpx
 
 from consumer.canceller import Canceller, ProviderAccount
 from consumer.config import Settings
-from consumer.providers import build_provider
+from consumer.errors import ConfigError
+from consumer.metrics import Metrics
+from consumer.ops_http import Readiness, serve_ops
+from consumer.providers import ProviderSettings, build_provider
+from consumer.providers.ratelimit import rate_limited
+from consumer.providers.transport import HttpTransport
 from consumer.retry import AccountGate, RetryPolicy
 from consumer.runner import Runner
-from consumer.telemetry import build_tracer_provider
+from consumer.telemetry import build_meter_provider, build_tracer_provider, record_token_wait
 
 log = logging.getLogger(__name__)
 
@@ -30,44 +37,79 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
+def provider_transport(account: ProviderSettings) -> httpx.AsyncBaseTransport:
+    """The HTTP transport of one provider account (closed with its client)."""
+    return HttpTransport(max_connections=account.max_concurrency)
+
+
 async def open_accounts(settings: Settings, stack: AsyncExitStack) -> dict[str, ProviderAccount]:
     """One HTTP client, rate limit and concurrency cap per configured provider account."""
     accounts = {}
     for name, account in settings.providers.items():
         client = await stack.enter_async_context(
             httpx.AsyncClient(
-                timeout=httpx.Timeout(account.timeout_seconds),
-                limits=httpx.Limits(
-                    max_connections=account.max_concurrency,
-                    max_keepalive_connections=account.max_concurrency,
+                # Every request takes a token: cancels, confirming reads, token fetches.
+                transport=rate_limited(
+                    provider_transport(account),
+                    account.rate_limit_per_minute,
+                    on_wait=record_token_wait,
                 ),
+                timeout=httpx.Timeout(account.timeout_seconds),
                 follow_redirects=False,
             )
         )
         accounts[name] = ProviderAccount(
             name=name,
             provider=build_provider(name, account, client),
-            gate=AccountGate(account.max_concurrency, account.rate_limit_per_minute),
+            gate=AccountGate(account.max_concurrency),
         )
     return accounts
 
 
-async def run_service(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the processor until ``stop`` is set; then drain and release everything."""
-    tracer_provider = build_tracer_provider(settings.telemetry)
+async def run_service(settings: Settings, stop: asyncio.Event, *, ops_http: bool = False) -> None:
+    """Run the processor until ``stop`` is set; then drain and release everything.
+
+    ``ops_http``: serve /healthz, /readyz and /metrics on ``telemetry.http_host:http_port``
+    (the ``run`` command; embedded uses such as the demo leave it off).
+    """
+    telemetry = settings.telemetry
+    tracer_provider = build_tracer_provider(telemetry)
+    meter_provider = build_meter_provider(telemetry)
+    metrics = Metrics(meter_provider)
+    tracer = tracer_provider.get_tracer("consumer")
+    runner: Runner | None = None
+
+    def readiness() -> tuple[bool, str]:
+        return runner.readiness() if runner is not None else (False, "starting")
+
     try:
         async with AsyncExitStack() as stack:
+            if ops_http:
+                await stack.enter_async_context(_ops_server(settings, readiness))
             accounts = await open_accounts(settings, stack)
-            canceller = Canceller(accounts, retry_policy(settings))
-            runner = Runner(
-                settings.kafka,
-                settings.processing,
-                canceller,
-                tracer_provider.get_tracer("consumer"),
-            )
+            canceller = Canceller(accounts, retry_policy(settings), tracer=tracer, metrics=metrics)
+            runner = Runner(settings.kafka, settings.processing, canceller, tracer, metrics=metrics)
             await runner.run(stop)
     finally:
+        meter_provider.shutdown()
         tracer_provider.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def _ops_server(settings: Settings, readiness: Readiness) -> AsyncIterator[int]:
+    host, port = settings.telemetry.http_host, settings.telemetry.http_port
+    listening = False
+    try:
+        async with serve_ops(host, port, readiness) as bound:
+            listening = True
+            log.info("ops http server listening", extra={"host": host, "port": bound})
+            yield bound
+    except OSError as exc:
+        if listening:
+            raise
+        raise ConfigError(
+            f"telemetry.http_port: cannot listen on {host}:{port} ({exc.strerror or exc})"
+        ) from None
 
 
 async def run_until_signalled(settings: Settings) -> None:
@@ -83,4 +125,21 @@ async def run_until_signalled(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, request_stop, sig.name)
-    await run_service(settings, stop)
+    tune_gc()
+    await run_service(settings, stop, ops_http=settings.telemetry.http_enabled)
+
+
+def tune_gc() -> None:
+    """Cheaper garbage collection (README "Performance" has the measurements).
+
+    With CPython's defaults the collector took about a quarter of the processor's CPU and
+    paused it for up to 150 ms at a time, mostly re-scanning objects that live as long as
+    the process. Per-event objects die by reference counting (``providers.http.send``
+    breaks the one cycle httpx leaves per response), so collections find little garbage.
+    """
+    # Modules, settings and clients live until exit: keep them out of every collection.
+    gc.freeze()
+    # Each event allocates hundreds of objects: at the default 700 the youngest generation
+    # was collected thousands of times a run. Full collections stay frequent enough to keep
+    # memory flat under a backlog (a rarer schedule let it grow by 100 MB).
+    gc.set_threshold(10_000, 20, 10)

@@ -8,13 +8,36 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from aiokafka.errors import KafkaError
 
 from consumer.app import run_until_signalled
-from consumer.config import CONFIG_PATH_ENV, load_settings
+from consumer.config import (
+    CONFIG_PATH_ENV,
+    Settings,
+    load_ingress_settings,
+    load_kafka_settings,
+    load_settings,
+)
 from consumer.demo import run_demo
-from consumer.errors import ConfigError
+from consumer.embedded_broker import EmbeddedBrokerError
+from consumer.errors import ConfigError, ErrorCategory
+from consumer.ingress.service import require_sources, run_ingress_until_signalled
 from consumer.logs import configure_logging
+from consumer.redrive import (
+    DEFAULT_INPUT_LOOKBACK,
+    SOURCES,
+    Options,
+    RedriveFilter,
+    parse_age,
+    parse_sources,
+    parse_time,
+    run_redrive,
+)
 from consumer.simulator import SimulatorOptions, serve_forever
+from consumer.topics import TopicsError, provision_topics
+from consumer.traffic import run_traffic_until_signalled
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results")
 
+    ingress = commands.add_parser(
+        "ingress", help="serve signed order-cancelled webhooks and publish them to Kafka"
+    )
+    ingress.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_PATH_ENV),
+        help=f"TOML config file (default: ${CONFIG_PATH_ENV}); [providers] is not read",
+    )
+
     sim = commands.add_parser("simulate", help="serve the providers' APIs on loopback")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8900)
@@ -43,7 +75,96 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--shipstation-api-key", default="sim-shipstation-key")
     sim.add_argument("--mvmnt-client-id", default="sim-mvmnt-client")
     sim.add_argument("--mvmnt-client-secret", default="sim-mvmnt-secret")
+    sim.add_argument(
+        "--mvmnt-static-token", default=None, help="also accept this Bearer token (static tokens)"
+    )
+    sim.add_argument(
+        "--request-log-size", type=int, default=1000, help="requests GET /_admin/requests keeps"
+    )
+
+    topics = commands.add_parser(
+        "topics", help="create the four topics from [kafka]/[topics] and verify existing ones"
+    )
+    topics.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_PATH_ENV),
+        help=f"TOML config file (default: ${CONFIG_PATH_ENV}); reads only [kafka] and [topics]",
+    )
+    topics.add_argument(
+        "--check",
+        action="store_true",
+        help="create nothing; exit 1 when a topic is missing or differs from the config",
+    )
+
+    traffic = commands.add_parser(
+        "demo-traffic", help="publish sample events to the input topic at a steady rate (demos)"
+    )
+    traffic.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_PATH_ENV),
+        help=f"TOML config file (default: ${CONFIG_PATH_ENV}); reads only [kafka]",
+    )
+    traffic.add_argument("--rate", type=float, default=2.0, help="events per second")
+    traffic.add_argument("--count", type=int, default=None, help="stop after this many events")
+
+    _add_redrive(commands)
     return parser
+
+
+def _add_redrive(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    redrive = commands.add_parser(
+        "redrive",
+        help="re-publish DLQ records and retryable cancel-failed results to the input topic",
+    )
+    redrive.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_PATH_ENV),
+        help=f"TOML config file (default: ${CONFIG_PATH_ENV}); reads only [kafka]",
+    )
+    redrive.add_argument(
+        "--source",
+        action="append",
+        choices=SOURCES,
+        help="dlq and/or failed (repeatable; default: both)",
+    )
+    redrive.add_argument(
+        "--category",
+        action="append",
+        choices=[str(c) for c in ErrorCategory],
+        help="only failures of this error category (repeatable; default: all)",
+    )
+    redrive.add_argument(
+        "--since", type=_time_arg, help="failed at or after: ISO 8601 time or an age (6h, 2d)"
+    )
+    redrive.add_argument("--until", type=_time_arg, help="failed before: ISO 8601 time or age")
+    redrive.add_argument(
+        "--dry-run", action="store_true", help="list what would be re-published; publish nothing"
+    )
+    redrive.add_argument(
+        "--again",
+        action="store_true",
+        help="also re-publish sources an earlier redrive already re-published",
+    )
+    redrive.add_argument(
+        "--input-lookback",
+        type=_age_arg,
+        default=DEFAULT_INPUT_LOOKBACK,
+        help="how far before the oldest failure to look for its input event (default: 24h)",
+    )
+
+
+def _time_arg(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _age_arg(text: str) -> timedelta:
+    try:
+        return parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,9 +173,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args.config)
         if args.command == "demo":
-            return asyncio.run(run_demo(timeout=args.timeout))
+            return _demo(args.timeout)
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "ingress":
+            return _ingress(args.config)
+        if args.command == "topics":
+            return _topics(args.config, check=args.check)
+        if args.command == "demo-traffic":
+            return _demo_traffic(args)
+        if args.command == "redrive":
+            return _redrive(args)
     except KeyboardInterrupt:
         return 130
     raise AssertionError(f"unhandled command {args.command}")
@@ -69,9 +198,43 @@ def _run(config_path: str | None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not settings.providers:
+        print(f"error: {config_path}: providers: no provider account configured", file=sys.stderr)
+        return 2
     configure_logging(settings.telemetry.log_level, settings.telemetry.log_format)
-    asyncio.run(run_until_signalled(settings))
+    try:
+        asyncio.run(run_until_signalled(settings))
+    except ConfigError as exc:  # found at start-up, e.g. the ops HTTP port is taken
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _ingress(config_path: str | None) -> int:
+    if not config_path:
+        print(f"error: pass --config FILE or set {CONFIG_PATH_ENV}", file=sys.stderr)
+        return 2
+    try:
+        settings = load_ingress_settings(config_path, os.environ)
+        require_sources(settings)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.telemetry.log_level, settings.telemetry.log_format)
+    try:
+        asyncio.run(run_ingress_until_signalled(settings))
+    except ConfigError as exc:  # e.g. the port is taken
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _demo(timeout: float) -> int:
+    try:
+        return asyncio.run(run_demo(timeout=timeout))
+    except EmbeddedBrokerError as exc:  # e.g. the [demo] extra is not installed
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -83,7 +246,83 @@ def _simulate(args: argparse.Namespace) -> int:
         shipstation_api_key=args.shipstation_api_key,
         mvmnt_client_id=args.mvmnt_client_id,
         mvmnt_client_secret=args.mvmnt_client_secret,
+        mvmnt_static_token=args.mvmnt_static_token,
+        request_log_size=args.request_log_size,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(options))
+    return 0
+
+
+def _kafka_tool_settings(config_path: str | None) -> Settings | None:
+    """Settings for a tool that only talks to the broker; None after printing why not."""
+    if not config_path:
+        print(f"error: pass --config FILE or set {CONFIG_PATH_ENV}", file=sys.stderr)
+        return None
+    try:
+        return load_kafka_settings(config_path, os.environ)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _topics(config_path: str | None, *, check: bool) -> int:
+    settings = _kafka_tool_settings(config_path)
+    if settings is None:
+        return 2
+    configure_logging("WARNING", "text")
+    try:
+        report = asyncio.run(provision_topics(settings.kafka, settings.topics, create=not check))
+    except ConfigError as exc:  # TLS files unusable, login or certificate refused
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TopicsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for finding in report.findings:
+        print(finding.line())
+    return 1 if report.failed() else 0
+
+
+def _demo_traffic(args: argparse.Namespace) -> int:
+    settings = _kafka_tool_settings(args.config)
+    if settings is None:
+        return 2
+    if args.rate <= 0:
+        print("error: --rate must be positive", file=sys.stderr)
+        return 2
+    configure_logging("INFO", "json")
+    try:
+        asyncio.run(run_traffic_until_signalled(settings.kafka, rate=args.rate, limit=args.count))
+    except ConfigError as exc:  # TLS files unusable, login or certificate refused
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KafkaError as exc:
+        where = settings.kafka.bootstrap_servers
+        print(f"error: kafka broker at {where}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    settings = _kafka_tool_settings(args.config)
+    if settings is None:
+        return 2
+    configure_logging("WARNING", "text")
+    options = Options(
+        chosen=RedriveFilter(
+            sources=parse_sources(args.source),
+            categories=frozenset(args.category or ()),
+            since=args.since,
+            until=args.until,
+            again=args.again,
+        ),
+        dry_run=args.dry_run,
+        input_lookback=args.input_lookback,
+    )
+    try:
+        asyncio.run(run_redrive(settings.kafka, options, out=print))
+    except (KafkaError, ConfigError) as exc:
+        print(f"error: kafka broker at {settings.kafka.bootstrap_servers}: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from consumer.errors import ConfigError
 from consumer.providers import PROVIDER_KINDS as _PROVIDER_KINDS
@@ -19,6 +27,10 @@ from consumer.providers import ProviderSettings
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 CONFIG_PATH_ENV = "CANCEL_PROCESSOR_CONFIG"
+# The standard OpenTelemetry variables read into [telemetry] (see _telemetry_from_env).
+SERVICE_NAME_ENV = "OTEL_SERVICE_NAME"
+TRACES_EXPORTER_ENV = "OTEL_TRACES_EXPORTER"
+METRICS_EXPORTER_ENV = "OTEL_METRICS_EXPORTER"
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -48,6 +60,13 @@ class KafkaSettings(_Frozen):
     # Must be well under session_timeout_ms (a third or less).
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
+    # Longest a fetch waits at the broker for new records. Kafka answers as soon as records
+    # arrive; the embedded Tansu broker waits this long, so it bounds latency there.
+    fetch_max_wait_ms: int = Field(default=500, ge=0, le=60_000)
+    # Most record bytes one fetch may return: what the consumer buffers ahead of the work,
+    # so it bounds memory with a large backlog (aiokafka's default is 50 MiB). A record
+    # larger than this still comes through, alone.
+    fetch_max_bytes: int = Field(default=1024 * 1024, ge=64 * 1024)
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
     # Largest record the producer may send: a DLQ copy must fit whatever the input allowed.
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
@@ -92,33 +111,150 @@ class ProcessingSettings(_Frozen):
 
 
 class TelemetrySettings(_Frozen):
+    # OTEL_SERVICE_NAME, when set, wins over this.
     service_name: str = "shipment-cancel-processor"
-    traces_exporter: Literal["none", "console"] = "none"
+    # otlp: endpoint, protocol and headers from the standard OTEL_EXPORTER_OTLP_* variables.
+    # Left at "none", OTEL_TRACES_EXPORTER (none, console, otlp) chooses.
+    traces_exporter: Literal["none", "console", "otlp"] = "none"
+    # Prometheus /metrics is always served when the ops HTTP server is on; otlp pushes too.
+    # Left at "none", OTEL_METRICS_EXPORTER (none, otlp; prometheus = none) chooses.
+    metrics_exporter: Literal["none", "otlp"] = "none"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # Ops HTTP server of `run`: /healthz, /readyz, /metrics.
+    http_enabled: bool = True
+    # All interfaces: probes and scrapers come from outside the pod.
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(default=9464, ge=0, le=65535)
+
+
+class TopicsSettings(_Frozen):
+    """What ``cancel-processor topics`` creates and verifies; ``run`` never reads it."""
+
+    # Of each of the four topics. The input's count caps how many processes share the work.
+    partitions: int = Field(default=6, ge=1, le=10_000)
+    # 3 copies survive the loss of a broker; the embedded and single-node brokers need 1.
+    replication_factor: int = Field(default=3, ge=1, le=32)
+    # acks=all writes fail below this many in-sync copies: no acknowledged record is lost.
+    min_insync_replicas: int = Field(default=2, ge=1)
+    # Broker-side codec; "producer" keeps whatever the producer chose. Every codec here can
+    # be read by the processor (aiokafka's codec extras are installed).
+    compression_type: Literal["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"] = (
+        "producer"
+    )
+    # cleanup.policy is always "delete": compaction would drop all but one event per order.
+    input_retention_days: float = Field(default=7.0, gt=0)
+    results_retention_days: float = Field(default=14.0, gt=0)
+    # Long enough to investigate and redrive after a holiday weekend.
+    dlq_retention_days: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> TopicsSettings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError("min_insync_replicas must not exceed replication_factor")
+        if 1 < self.replication_factor <= self.min_insync_replicas:
+            # Every acks=all write would stop while any one broker is down (an upgrade).
+            raise ValueError(
+                "min_insync_replicas must be below replication_factor "
+                "(or both 1): one broker down would stop every write"
+            )
+        return self
+
+
+_NAME = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+# Shorter HMAC keys are guessable offline from one captured webhook.
+MIN_SOURCE_SECRET_CHARS = 16
+
+
+class IngressSourceSettings(_Frozen):
+    # HMAC-SHA256 key shared with this sender; put it in the environment: "${VAR}".
+    secret: SecretStr
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_is_long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < MIN_SOURCE_SECRET_CHARS:
+            raise ValueError(f"must be at least {MIN_SOURCE_SECRET_CHARS} characters")
+        return value
+
+
+class IngressSettings(_Frozen):
+    """The webhook ingress (``cancel-processor ingress``); unused by ``run``."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Larger bodies are refused with 413 before they are read.
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # event_ids remembered per process to answer repeats without publishing (0: off).
+    idempotency_window: int = Field(default=100_000, ge=0, le=10_000_000)
+    # Longest wait for the broker's acknowledgement before answering 503.
+    publish_timeout_seconds: float = Field(default=10.0, gt=0)
+    # On SIGTERM, first keep serving this long with /readyz at 503, so load balancers stop
+    # sending here before the listener closes.
+    shutdown_delay_seconds: float = Field(default=2.0, ge=0, le=300)
+    # On SIGTERM, how long requests in flight may finish before the process leaves.
+    drain_grace_seconds: float = Field(default=20.0, ge=0)
+    # The senders allowed to call, by the name they send in X-Cancel-Source.
+    sources: dict[_NAME, IngressSourceSettings] = {}
 
 
 class Settings(_Frozen):
     kafka: KafkaSettings
     processing: ProcessingSettings = ProcessingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
-    providers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], ProviderSettings] = (
-        Field(min_length=1)
-    )
+    # Required by `run` (checked there), not by the ingress, which never calls providers.
+    providers: dict[_NAME, ProviderSettings] = {}
+    ingress: IngressSettings = IngressSettings()
+    topics: TopicsSettings = TopicsSettings()
+
+    @model_validator(mode="after")
+    def _ingress_bodies_fit_the_processor(self) -> Settings:
+        if self.ingress.max_body_bytes > self.processing.max_event_bytes:
+            # The processor would dead-letter every event the ingress accepted above it.
+            raise ValueError("ingress.max_body_bytes must not exceed processing.max_event_bytes")
+        return self
 
 
 def load_settings(path: str | Path, env: Mapping[str, str]) -> Settings:
     """Read, interpolate and validate the config file; raise ``ConfigError`` with one line."""
     path = Path(path)
+    return settings_from_mapping(_read_toml(path), env, source=str(path))
+
+
+# What tools that only talk to the broker read (`topics`, `demo-traffic`).
+_KAFKA_SECTIONS = ("kafka", "topics")
+
+
+def load_kafka_settings(path: str | Path, env: Mapping[str, str]) -> Settings:
+    """Like ``load_settings`` but reads only ``[kafka]`` and ``[topics]``, so a topic job
+    needs the Kafka credentials and none of the provider secrets."""
+    path = Path(path)
+    raw = _read_toml(path)
+    kafka_only = {key: raw[key] for key in _KAFKA_SECTIONS if key in raw}
+    return settings_from_mapping(kafka_only, env, source=str(path))
+
+
+# What the webhook ingress reads: it never calls a provider, so it needs none of their secrets.
+_INGRESS_SECTIONS = ("kafka", "processing", "telemetry", "ingress")
+
+
+def load_ingress_settings(path: str | Path, env: Mapping[str, str]) -> Settings:
+    """Like ``load_settings`` but reads only the sections ``cancel-processor ingress`` uses."""
+    path = Path(path)
+    raw = _read_toml(path)
+    sections = {key: raw[key] for key in _INGRESS_SECTIONS if key in raw}
+    return settings_from_mapping(sections, env, source=str(path))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    return settings_from_mapping(raw, env, source=str(path))
 
 
 def settings_from_mapping(
@@ -132,10 +268,45 @@ def settings_from_mapping(
         kafka = data.setdefault("kafka", {})
         if isinstance(kafka, dict):
             kafka["bootstrap_servers"] = env[BOOTSTRAP_ENV]
+    _telemetry_from_env(data, env)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_first_error(exc)}") from None
+
+
+def _telemetry_from_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    """The standard OpenTelemetry variables, as the SDK would honour them: ``OTEL_SERVICE_NAME``
+    wins over ``service_name``; ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` choose
+    an exporter the file leaves at its default, ``none`` (an exporter the file names wins)."""
+    service = env.get(SERVICE_NAME_ENV, "").strip()
+    traces = _exporter_from_env(env, TRACES_EXPORTER_ENV, ("none", "console", "otlp"))
+    # Prometheus is always served on /metrics: asking for it adds nothing to push.
+    metrics = _exporter_from_env(env, METRICS_EXPORTER_ENV, ("none", "otlp"), also=("prometheus",))
+    if not (service or traces or metrics):
+        return
+    telemetry = data.setdefault("telemetry", {})
+    if not isinstance(telemetry, dict):
+        return  # validation names the key
+    if service:
+        telemetry["service_name"] = service
+    for key, chosen in (("traces_exporter", traces), ("metrics_exporter", metrics)):
+        if chosen and telemetry.get(key, "none") == "none":
+            telemetry[key] = chosen
+
+
+def _exporter_from_env(
+    env: Mapping[str, str], name: str, supported: tuple[str, ...], also: tuple[str, ...] = ()
+) -> str | None:
+    """The one exporter ``name`` asks for (``also``: accepted, meaning none); ``None`` when
+    unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    chosen = {v.strip().lower() for v in raw.split(",") if v.strip()} - set(also)
+    if len(chosen) > 1 or not chosen <= set(supported):
+        raise ConfigError(f"{name}: {raw!r} is not supported (use one of {', '.join(supported)})")
+    return chosen.pop() if chosen else "none"
 
 
 def _interpolate(value: Any, env: Mapping[str, str], path: tuple[str, ...]) -> Any:

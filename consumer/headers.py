@@ -17,6 +17,9 @@ CONTENT_TYPE: Final = "content-type"
 EVENT_TYPE: Final = "event-type"
 SOURCE_EVENT_ID: Final = "source-event-id"
 
+# On input records published by the webhook ingress: the sender's X-Cancel-Source name.
+INGRESS_SOURCE: Final = "ingress-source"
+
 # On every dead letter: where the record came from and why it could not be read.
 DLQ_SOURCE_TOPIC: Final = "dlq-source-topic"
 DLQ_SOURCE_PARTITION: Final = "dlq-source-partition"

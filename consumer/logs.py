@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from opentelemetry import trace
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -24,6 +25,11 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
+        # The span the line was logged in: search the trace backend by this trace_id.
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            entry.setdefault("trace_id", format(context.trace_id, "032x"))
+            entry.setdefault("span_id", format(context.span_id, "016x"))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()

@@ -10,8 +10,8 @@ class KeyOrderedScheduler:
     """Starts each job as a task that first waits for the previous job of the same key.
 
     Jobs of one key run one at a time in submission order; jobs of different keys run
-    concurrently. Only the tail task of each key is remembered, so memory is bounded by
-    the jobs in flight.
+    concurrently. A job whose predecessor was cancelled is cancelled too, never run. Only
+    the tail task of each key is remembered, so memory is bounded by the jobs in flight.
     """
 
     def __init__(self) -> None:
@@ -39,4 +39,8 @@ class KeyOrderedScheduler:
         if previous is not None and not previous.done():
             # asyncio.wait never raises the predecessor's error or cancellation into us.
             await asyncio.wait([previous])
+        if previous is not None and previous.cancelled():
+            # The key's earlier job was interrupted (revocation, shutdown) and will be redone
+            # later; running this one now would put its outcome before the earlier one's.
+            raise asyncio.CancelledError
         await job()

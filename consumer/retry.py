@@ -2,8 +2,9 @@
 
 Only ``TransientError``s are retried, with exponential backoff and full jitter, never
 sooner than the provider's ``Retry-After``, and never past the shipment's budget (attempts
-and seconds). Waiting for the account's rate limiter or concurrency cap counts toward the
-budget, so an overloaded account cannot hold an order forever.
+and seconds). Waiting for the account's concurrency cap (here, per attempt) or rate limit
+(``consumer.providers.ratelimit``, per HTTP request) counts toward the budget, so an
+overloaded account cannot hold an order forever.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiolimiter import AsyncLimiter
-
 from consumer.errors import CancelError, ProviderTimeoutError, RateLimitedError
 from consumer.providers.base import CancelOutcome
+from consumer.providers.ratelimit import tracking_token_waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,32 +35,20 @@ class RetryPolicy:
 
 
 class AccountGate:
-    """Rate limit (token bucket) and concurrency cap of one provider account."""
+    """Concurrency cap of one provider account: attempts in flight at once.
 
-    def __init__(self, max_concurrency: int, rate_per_minute: float | None) -> None:
+    The rate limit is not here: it takes a token per HTTP request, in the account's
+    transport (``consumer.providers.ratelimit``).
+    """
+
+    def __init__(self, max_concurrency: int) -> None:
         self._slots = asyncio.Semaphore(max_concurrency)
-        self._bucket = _token_bucket(rate_per_minute) if rate_per_minute else None
 
     async def __aenter__(self) -> None:
-        # Slot first: a token taken while queueing for a slot would be spent in a burst later.
         await self._slots.acquire()
-        if self._bucket is not None:
-            try:
-                await self._bucket.acquire()
-            except BaseException:
-                self._slots.release()
-                raise
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._slots.release()
-
-
-def _token_bucket(rate_per_minute: float) -> AsyncLimiter:
-    # A bucket of capacity C refilled at R/min lets C + R calls through in any minute;
-    # refilling at (rate - C) keeps every 60 s window at or under the provider's limit.
-    capacity = max(1.0, rate_per_minute / 60)
-    refill_per_minute = max(rate_per_minute - capacity, rate_per_minute / 2)
-    return AsyncLimiter(max_rate=capacity, time_period=capacity * 60 / refill_per_minute)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +69,7 @@ async def cancel_with_retries(
     policy: RetryPolicy,
     *,
     on_retry: Callable[[CancelError, float], None] | None = None,
+    on_gate_wait: Callable[[float], None] | None = None,
     sleep: Sleep = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
     rand: Callable[[], float] = random.random,
@@ -91,19 +80,27 @@ async def cancel_with_retries(
         attempts += 1
         called = False
         budget = asyncio.timeout(max(0.0, deadline - clock()))
+        queued = clock()
         try:
-            async with budget, gate:
-                called = True
-                outcome = await attempt()
+            with tracking_token_waits() as tokens:
+                async with budget, gate:
+                    called = True
+                    if on_gate_wait is not None:
+                        on_gate_wait(clock() - queued)
+                    outcome = await attempt()
             return Attempted(attempts, outcome=outcome)
         except TimeoutError:
             if not budget.expired():
                 raise
-            error: CancelError = (
-                ProviderTimeoutError(f"no answer within the {policy.budget_seconds:g}s budget")
-                if called
-                else RateLimitedError("no call slot free at this account within the budget")
-            )
+            error: CancelError
+            if not called:
+                error = RateLimitedError("no call slot free at this account within the budget")
+            elif tokens.waiting:
+                error = RateLimitedError("the account's rate limit left no call within the budget")
+            else:
+                error = ProviderTimeoutError(
+                    f"no answer within the {policy.budget_seconds:g}s budget"
+                )
             return Attempted(attempts, error=error)
         except CancelError as exc:
             if not exc.retryable or attempts >= policy.max_attempts:

@@ -20,6 +20,7 @@ from pydantic_core import core_schema
 
 from consumer import headers
 from consumer.events import CancelFailed, OrderCancelled, ShipmentCancelled
+from consumer.ingress.openapi import INGRESS_OPENAPI_FILE, ingress_openapi_document
 
 # Stable identifiers: consumers may cache or reference the schemas by these URLs.
 SCHEMA_BASE_URL: Final = "https://schemas.example.com/shipment-cancel-processor/"
@@ -70,6 +71,7 @@ def render_schemas() -> dict[str, str]:
         for name, model, mode in _EVENT_SCHEMAS
     }
     files[ASYNCAPI_FILE] = to_yaml(asyncapi_document())
+    files[INGRESS_OPENAPI_FILE] = to_yaml(ingress_openapi_document())
     return files
 
 
@@ -117,6 +119,22 @@ def _result_headers(event_type: str, *, source_always_known: bool) -> dict[str, 
                 "format": "uuid",
                 "description": "event_id of the order.cancelled event this result answers "
                 "(absent only on a cancel_failed for an input whose event_id is unreadable).",
+            },
+        },
+    }
+
+
+def _input_headers() -> dict[str, Yaml]:
+    """All optional for the ERP; the webhook ingress sets every one of them."""
+    return {
+        "type": "object",
+        "properties": {
+            **_trace_headers(),
+            headers.CONTENT_TYPE: {"type": "string", "const": "application/json"},
+            headers.EVENT_TYPE: {"type": "string", "const": "order.cancelled"},
+            headers.INGRESS_SOURCE: {
+                "type": "string",
+                "description": "Set by the webhook ingress: the X-Cancel-Source that sent it.",
             },
         },
     }
@@ -297,7 +315,7 @@ def asyncapi_document() -> dict[str, Yaml]:
                     "Order cancelled",
                     "An ERP cancelled an order; each listed shipment is to be cancelled.",
                     ORDER_CANCELLED_FILE,
-                    {"type": "object", "properties": _trace_headers()},
+                    _input_headers(),
                 ),
                 "shipmentCancelled": _json_message(
                     "shipment.cancelled",

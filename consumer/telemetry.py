@@ -1,31 +1,174 @@
-"""OpenTelemetry set-up and W3C trace-context propagation through Kafka headers."""
+"""OpenTelemetry set-up, W3C trace-context propagation through Kafka headers, and the
+telemetry of provider HTTP calls.
+
+Every provider call goes through ``providers.http.send``, which knows the URL but not the
+account it calls for. The canceller sets a ``ProviderScope`` (account name, tracer,
+metrics) in a context variable for each shipment cancel; ``ClientCall`` reads it, so the
+adapters stay free of telemetry plumbing. Reading provider bodies and redacting what is
+copied from them stays in ``providers.http``: ``ClientCall`` is given clean values only.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import time
+from collections.abc import Hashable, Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from opentelemetry import propagate, trace
+import orjson
+from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+    OTLPMetricExporter as GrpcMetricExporter,
+)
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+    OTLPSpanExporter as GrpcSpanExporter,
+)
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+    OTLPMetricExporter as HttpMetricExporter,
+)
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+    OTLPSpanExporter as HttpSpanExporter,
+)
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import DEFAULT_OFF
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.http_attributes import (
+    HTTP_REQUEST_METHOD,
+    HTTP_REQUEST_RESEND_COUNT,
+    HTTP_RESPONSE_STATUS_CODE,
+)
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
+from opentelemetry.semconv.attributes.url_attributes import URL_FULL
+from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from consumer import headers as h
-from consumer.config import TelemetrySettings
+from consumer.errors import ConfigError
+from consumer.metrics import PROVIDER, Metrics
 
+if TYPE_CHECKING:
+    # Type only: config imports the providers, whose HTTP layer imports this module.
+    from consumer.config import TelemetrySettings
+    from consumer.events import ErrorDetail
+
+# Our own span attributes, next to the semantic conventions' ones.
+ORDER_ID = "order.id"
+CANCEL_PROVIDER = "cancel.provider"
+CANCEL_SHIPMENT_ID = "cancel.shipment_id"
+CANCEL_OUTCOME = "cancel.outcome"
+CANCEL_ATTEMPTS = "cancel.attempts"
+CANCEL_ERROR_CATEGORY = "cancel.error.category"
+CANCEL_ERROR_RETRYABLE = "cancel.error.retryable"
+CANCEL_ERROR_MESSAGE = "cancel.error.message"
+PROVIDER_HTTP_STATUS = "provider.http_status"
+PROVIDER_REQUEST_ID = "provider.request_id"
+PROVIDER_ERROR_CODE = "provider.error_code"
+PROVIDER_ERRORS = "provider.errors"
+FAILED = "failed"
+# A span attribute holding the provider's error list, as JSON, stays this short.
+_MAX_PROVIDER_ERRORS_CHARS = 4096
+
+# W3C trace context only: our topics' contract (no baggage, whatever OTEL_PROPAGATORS says).
+_W3C = TraceContextTextMapPropagator()
 # Only these inbound headers are read for trace context; everything else is ignored.
 _TRACE_HEADERS = (h.TRACEPARENT, h.TRACESTATE)
 # A tracestate longer than the W3C limit (512 chars) is dropped, never parsed.
 _MAX_TRACE_HEADER_BYTES = 512
 
 
-def build_tracer_provider(settings: TelemetrySettings) -> TracerProvider:
-    """A real SDK provider even with no exporter: result events need real trace ids."""
-    provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+# OTLP transport names of the OTel spec; http/protobuf is the spec's default.
+_GRPC = "grpc"
+_HTTP = "http/protobuf"
+
+
+def build_tracer_provider(
+    settings: TelemetrySettings, *, env: Mapping[str, str] | None = None
+) -> TracerProvider:
+    """A real SDK provider even with no exporter: result events need real trace ids.
+
+    With no exporter, spans are recorded only when the inbound ``traceparent`` asks for it
+    (so the sampled flag we pass downstream is the ERP's); otherwise they are id-only and
+    cost next to nothing. With an exporter, the SDK's sampler applies (``OTEL_TRACES_SAMPLER``,
+    default: record everything, following the parent's decision).
+    """
+    if settings.traces_exporter == "none":
+        return TracerProvider(resource=_resource(settings), sampler=DEFAULT_OFF)
+    provider = TracerProvider(resource=_resource(settings))
     if settings.traces_exporter == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    elif settings.traces_exporter == "otlp":
+        provider.add_span_processor(BatchSpanProcessor(otlp_span_exporter(env)))
     return provider
+
+
+def build_meter_provider(
+    settings: TelemetrySettings,
+    *,
+    env: Mapping[str, str] | None = None,
+    extra_readers: Iterable[MetricReader] = (),
+) -> MeterProvider:
+    """Prometheus reader (prometheus_client's default registry) plus OTLP when configured.
+
+    Call ``shutdown()`` on the result: it unregisters the Prometheus collector, so a second
+    provider in the same process does not serve stale series.
+    """
+    readers: list[MetricReader] = [PrometheusMetricReader(scope_info_enabled=False)]
+    if settings.metrics_exporter == "otlp":
+        readers.append(PeriodicExportingMetricReader(otlp_metric_exporter(env)))
+    readers.extend(extra_readers)
+    # No exemplars: the Prometheus text format drops them, and offering one to the
+    # reservoir on every measurement inside a span is a third of a measurement's cost.
+    return MeterProvider(
+        metric_readers=readers,
+        resource=_resource(settings),
+        exemplar_filter=AlwaysOffExemplarFilter(),
+    )
+
+
+def otlp_protocol(signal: str, env: Mapping[str, str] | None = None) -> str:
+    """The OTLP transport for ``signal`` ("traces"/"metrics") from the standard variables."""
+    env = os.environ if env is None else env
+    raw = (
+        env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or _HTTP
+    ).strip()
+    if raw not in (_GRPC, _HTTP):
+        raise ConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL: {raw!r} is not supported (use grpc or http/protobuf)"
+        )
+    return raw
+
+
+def otlp_span_exporter(env: Mapping[str, str] | None = None) -> SpanExporter:
+    """Endpoint, headers, TLS and timeout come from ``OTEL_EXPORTER_OTLP_*``, read by the
+    exporter itself. No connection is made until the first export."""
+    if otlp_protocol("traces", env) == _GRPC:
+        return GrpcSpanExporter()
+    return HttpSpanExporter()
+
+
+def otlp_metric_exporter(env: Mapping[str, str] | None = None) -> MetricExporter:
+    if otlp_protocol("metrics", env) == _GRPC:
+        return GrpcMetricExporter()
+    return HttpMetricExporter()
+
+
+def _resource(settings: TelemetrySettings) -> Resource:
+    return Resource.create({"service.name": settings.service_name})
 
 
 class _HeaderGetter(Getter[dict[str, str]]):
@@ -35,11 +178,6 @@ class _HeaderGetter(Getter[dict[str, str]]):
 
     def keys(self, carrier: dict[str, str]) -> list[str]:
         return list(carrier)
-
-
-class _HeaderSetter(Setter[dict[str, str]]):
-    def set(self, carrier: dict[str, str], key: str, value: str) -> None:
-        carrier[key] = value
 
 
 def extract_context(headers: Iterable[tuple[str, bytes | None]]) -> Context:
@@ -52,16 +190,230 @@ def extract_context(headers: Iterable[tuple[str, bytes | None]]) -> Context:
                 carrier[name] = value.decode("ascii")
             except UnicodeDecodeError:
                 continue
-    return propagate.extract(carrier, getter=_HeaderGetter())
+    if not carrier:
+        return Context()
+    return _W3C.extract(carrier, getter=_HeaderGetter())
 
 
 def inject_headers(span: trace.Span) -> list[tuple[str, bytes]]:
-    """``traceparent`` (+ ``tracestate``) for a record produced under the given span."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span), setter=_HeaderSetter())
-    return [(key, value.encode("ascii")) for key, value in carrier.items()]
+    """``traceparent`` (+ ``tracestate``) for a record produced under the given span.
+
+    Written directly (W3C trace context is the contract of our topics): the generic
+    propagators cost several times more, once per produced record.
+    """
+    context = span.get_span_context()
+    if not context.is_valid:
+        return []
+    traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    headers = [(h.TRACEPARENT, traceparent.encode("ascii"))]
+    if context.trace_state:
+        headers.append((h.TRACESTATE, context.trace_state.to_header().encode("ascii")))
+    return headers
 
 
 def trace_ids(span: trace.Span) -> tuple[str, str]:
     ctx = span.get_span_context()
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+def annotate_failure(span: trace.Span, error: ErrorDetail) -> None:
+    """Status ERROR, ``error.type`` = the category, and all the provider said, as attributes.
+
+    The message and details were scrubbed of credentials by the adapter that built them.
+    """
+    category = str(error.category)
+    span.set_status(Status(StatusCode.ERROR, f"{category}: {error.message}"))
+    attributes: dict[str, str | bool | int] = {
+        ERROR_TYPE: category,
+        CANCEL_ERROR_CATEGORY: category,
+        CANCEL_ERROR_RETRYABLE: error.retryable,
+        CANCEL_ERROR_MESSAGE: error.message,
+    }
+    if error.http_status is not None:
+        attributes[PROVIDER_HTTP_STATUS] = error.http_status
+    if error.provider_code:
+        attributes[PROVIDER_ERROR_CODE] = error.provider_code
+    if error.provider_request_id:
+        attributes[PROVIDER_REQUEST_ID] = error.provider_request_id
+    if error.provider_errors:
+        details = orjson.dumps(error.provider_errors, default=str).decode()
+        attributes[PROVIDER_ERRORS] = details[:_MAX_PROVIDER_ERRORS_CHARS]
+    span.set_attributes(attributes)
+
+
+# --- provider HTTP calls -----------------------------------------------------------------
+
+# error.type of a call abandoned by its shipment's budget or a shutdown: not a failure of
+# the provider, and not timed (an abandoned call has no duration worth a histogram sample).
+CANCELLED = "cancelled"
+SLOT = "slot"
+TOKEN = "token"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderScope:
+    """The provider account the calls in this context are made for, and where to record."""
+
+    provider: str
+    tracer: Tracer
+    metrics: Metrics
+
+
+class _Shipment:
+    """The scope of the shipment cancel running in this task, and how often it has sent
+    each request so far (for ``http.request.resend_count``)."""
+
+    __slots__ = ("scope", "sent")
+
+    def __init__(self, scope: ProviderScope, sent: dict[Hashable, int] | None) -> None:
+        self.scope = scope
+        self.sent = sent
+
+
+# Outside any shipment (a provider used directly): record into no-ops, count no resends.
+_NO_SCOPE = _Shipment(ProviderScope("unknown", NoOpTracer(), Metrics()), None)
+_SCOPE: ContextVar[_Shipment] = ContextVar("provider_scope", default=_NO_SCOPE)
+_CALL: ContextVar[ClientCall | None] = ContextVar("client_call", default=None)
+_RATE_LIMIT_WAIT = "rate limit wait"
+_WAIT_SECONDS = "wait_seconds"
+# Shorter token waits are not worth a span event.
+_NOTABLE_WAIT_SECONDS = 0.001
+
+
+def enter_provider_scope(scope: ProviderScope) -> object:
+    """Set the scope for one shipment cancel in this task; pass the result to
+    ``leave_provider_scope``."""
+    return _SCOPE.set(_Shipment(scope, {}))
+
+
+def leave_provider_scope(token: object) -> None:
+    _SCOPE.reset(token)  # type: ignore[arg-type]
+
+
+def record_rate_limit_wait(seconds: float, limiter: str) -> None:
+    """Time a call waited under the current account: for a free concurrency ``slot`` or a
+    rate-limit ``token``.
+
+    A wait inside an HTTP call (the rate-limiting transport) is an event of its CLIENT span
+    and is not counted as request time.
+    """
+    scope = _SCOPE.get().scope
+    metrics = scope.metrics
+    metrics.rate_limiter_wait.record(seconds, metrics.limiter_attributes(scope.provider, limiter))
+    call = _CALL.get()
+    if call is not None:
+        call.waited(seconds)
+
+
+def record_slot_wait(seconds: float) -> None:
+    """``record_rate_limit_wait`` for the account's concurrency cap (``AccountGate``)."""
+    record_rate_limit_wait(seconds, SLOT)
+
+
+def record_token_wait(seconds: float) -> None:
+    """``record_rate_limit_wait`` for the account's token bucket (``RateLimitedTransport``)."""
+    record_rate_limit_wait(seconds, TOKEN)
+
+
+class ClientCall:
+    """The CLIENT span and duration metric of one provider HTTP request.
+
+    ``providers.http.send`` drives it and always calls ``end`` (in a ``finally``). What it
+    is given for the span (``url.full``, the provider's request id and error code) has
+    already been cleaned of credentials by ``providers.http``.
+    """
+
+    __slots__ = (
+        "_attributes",
+        "_cancelled",
+        "_metrics",
+        "_reset",
+        "_span",
+        "_started",
+        "_waited",
+        "recording",
+    )
+
+    def __init__(self, method: str, host: str, port: int, request_key: Hashable) -> None:
+        """``request_key`` names the request (method, URL, query): sending the same one
+        again within the shipment's cancel is a resend."""
+        shipment = _SCOPE.get()
+        scope = shipment.scope
+        self._metrics = scope.metrics
+        self._attributes: dict[str, str | int] = {
+            PROVIDER: scope.provider,
+            HTTP_REQUEST_METHOD: method,
+            SERVER_ADDRESS: host,
+            SERVER_PORT: port,
+        }
+        resends = 0
+        sent = shipment.sent
+        if sent is not None:
+            resends = sent.get(request_key, 0)
+            sent[request_key] = resends + 1
+        span = self._span = scope.tracer.start_span(method, kind=SpanKind.CLIENT)
+        self.recording = span.is_recording()
+        if self.recording:
+            attributes: dict[str, str | int] = {
+                HTTP_REQUEST_METHOD: method,
+                SERVER_ADDRESS: host,
+                SERVER_PORT: port,
+                CANCEL_PROVIDER: scope.provider,
+            }
+            if resends:
+                attributes[HTTP_REQUEST_RESEND_COUNT] = resends
+            span.set_attributes(attributes)
+        self._waited = 0.0
+        self._cancelled = False
+        self._reset = _CALL.set(self)
+        self._started = time.perf_counter()
+
+    def describe(self, url_full: str) -> None:
+        """``url.full``, credentials already removed (set only while ``recording``)."""
+        self._span.set_attribute(URL_FULL, url_full)
+
+    def waited(self, seconds: float) -> None:
+        self._waited += seconds
+        if seconds >= _NOTABLE_WAIT_SECONDS:
+            self._span.add_event(_RATE_LIMIT_WAIT, {_WAIT_SECONDS: round(seconds, 3)})
+
+    def answered(
+        self, status: int, request_id: str | None = None, error_code: str | None = None
+    ) -> None:
+        """An answer arrived; an error status (>= 400) makes the span's status ERROR."""
+        self._attributes[HTTP_RESPONSE_STATUS_CODE] = status
+        failed = status >= 400
+        if failed:
+            self._attributes[ERROR_TYPE] = str(status)
+        if not self.recording:
+            return
+        attributes: dict[str, str | int] = {HTTP_RESPONSE_STATUS_CODE: status}
+        if request_id:
+            attributes[PROVIDER_REQUEST_ID] = request_id
+        if failed:
+            attributes[ERROR_TYPE] = str(status)
+            if error_code:
+                attributes[PROVIDER_ERROR_CODE] = error_code
+        span = self._span
+        span.set_attributes(attributes)
+        if failed:
+            span.set_status(Status(StatusCode.ERROR))
+
+    def failed(self, error_type: str) -> None:
+        """No answer: ``error_type`` names the transport failure (an exception class)."""
+        self._attributes[ERROR_TYPE] = error_type
+        self._span.set_attribute(ERROR_TYPE, error_type)
+        self._span.set_status(Status(StatusCode.ERROR))
+
+    def cancelled(self) -> None:
+        """Abandoned (the shipment's budget ran out, or a shutdown): no duration sample."""
+        self._cancelled = True
+        self._span.set_attribute(ERROR_TYPE, CANCELLED)
+        self._span.set_status(Status(StatusCode.ERROR, CANCELLED))
+
+    def end(self) -> None:
+        _CALL.reset(self._reset)
+        if not self._cancelled:
+            elapsed = time.perf_counter() - self._started - self._waited
+            self._metrics.http_duration.record(max(0.0, elapsed), self._attributes)
+        self._span.end()

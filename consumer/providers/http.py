@@ -7,19 +7,32 @@ means.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 import httpx
 import orjson
 
 from consumer.errors import CancelError, ConflictError, InternalError, TransientError
 from consumer.providers.base import parse_retry_after, transport_error
+from consumer.telemetry import ClientCall
 
-REDACTED = "[redacted]"
+# What replaces a secret wherever we copy provider data or a URL (the marker the semantic
+# conventions prescribe for url.full).
+REDACTED = "REDACTED"
 # Enough of a non-JSON error body (an HTML error page, a proxy's text) to recognise it.
 _EXCERPT_CHARS = 200
+# Request headers whose values are credentials.
+_CREDENTIAL_HEADERS = frozenset(
+    ("authorization", "proxy-authorization", "api-key", "x-api-key", "cookie")
+)
+# Query parameters and form fields whose values are credentials by their name.
+_SECRET_NAME_WORDS = ("key", "token", "secret", "password", "passwd", "sig", "auth", "credential")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# A provider's request id or error code on a span stays this short.
+_MAX_ID_CHARS = 128
 
 
 def path_segment(value: str) -> str:
@@ -39,22 +52,112 @@ async def send(
     json: Any = None,
     form: Mapping[str, str] | None = None,
 ) -> httpx.Response:
-    """Send one request; transport failures become our taxonomy, naming only ``what``."""
+    """Send one request; transport failures become our taxonomy, naming only ``what``.
+
+    Each call is one CLIENT span and one ``http.client.request.duration`` sample (none for
+    a call abandoned on cancellation). The span always ends, whatever happens.
+    """
+    request = client.build_request(
+        method,
+        url,
+        headers=headers,
+        params=params,
+        json=json,
+        data=form,
+        timeout=http_timeout,
+    )
+    target = request.url
+    call = ClientCall(
+        method,
+        target.host,
+        target.port or _DEFAULT_PORTS.get(target.scheme, 0),
+        (method, url, tuple(params.items()) if params else None),
+    )
     try:
-        return await client.request(
-            method,
-            url,
-            headers=headers,
-            params=params,
-            json=json,
-            data=form,
-            timeout=http_timeout,
-        )
+        # Credentials are looked for only when a span will hold what the provider says.
+        secrets = _credentials(headers, form) if call.recording else []
+        if call.recording:
+            call.describe(safe_url(target, secrets))
+        response = await client.send(request)
+        # httpx leaves the response and its stream referring to each other, so every
+        # answer would wait for the cyclic garbage collector; it is read whole, so cut it.
+        response.stream = httpx.ByteStream(response.content)
+        if call.recording:
+            call.answered(response.status_code, *_provider_ids(response, secrets))
+        else:
+            call.answered(response.status_code)
+        return response
     except httpx.TransportError as exc:
+        call.failed(type(exc).__name__)
         raise transport_error(exc, what) from exc
     except httpx.RequestError as exc:
+        call.failed(type(exc).__name__)
         # Not a transport fault: an undecodable body or a redirect loop. Replaying won't help.
         raise InternalError(f"{what}: unusable response ({type(exc).__name__})") from exc
+    except asyncio.CancelledError:  # the shipment's budget ran out, or a shutdown
+        call.cancelled()
+        raise
+    except BaseException as exc:
+        call.failed(type(exc).__name__)
+        raise
+    finally:
+        call.end()
+
+
+def safe_url(url: httpx.URL, secrets: Iterable[str] = ()) -> str:
+    """``url`` for a span: userinfo and secret-named query values become ``REDACTED``, and
+    so does any of ``secrets`` found elsewhere in it."""
+    if url.userinfo:
+        url = url.copy_with(username=REDACTED, password=REDACTED)
+    if url.query:
+        pairs = parse_qsl(url.query.decode("ascii", "replace"), keep_blank_values=True)
+        if any(_secret_name(name) for name, _ in pairs):
+            cleaned = [(n, REDACTED if _secret_name(n) else v) for n, v in pairs]
+            url = url.copy_with(query=urlencode(cleaned, safe=REDACTED).encode("ascii"))
+    return str(redact(str(url), secrets))
+
+
+def _secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_NAME_WORDS)
+
+
+def _credentials(headers: Mapping[str, str], form: Mapping[str, str] | None) -> list[str]:
+    """The credentials a request carries (header values, secret-named form fields), for
+    ``redact``: a provider may echo any of them back."""
+    found = []
+    for name, value in headers.items():
+        if value and name.lower() in _CREDENTIAL_HEADERS:
+            found.append(value)
+            _scheme, _, token = value.partition(" ")
+            if token:
+                found.append(token)
+    if form:
+        found.extend(value for name, value in form.items() if value and _secret_name(name))
+    return found
+
+
+def _provider_ids(response: httpx.Response, secrets: list[str]) -> tuple[str | None, str | None]:
+    """The provider's request id and, for an error answer, its error code, in the shapes
+    our providers use: ShipStation ``{request_id, errors: [{error_code}]}``, MVMNT
+    ``{"error": "code"}`` or ``{"error": {"code"}}``, problem+json ``{code | type}``; the
+    ``x-request-id`` header otherwise."""
+    body = json_object(response) if response.status_code >= 400 else None
+    code: str | None = None
+    if body is not None:
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            code = text_field(errors[0], "error_code")
+        error = body.get("error")
+        code = code or (text_field(error, "code") if isinstance(error, dict) else None)
+        code = code or text_field(body, "error") or text_field(body, "code")
+        code = code or text_field(body, "type")
+    found = text_field(body, "request_id") or request_id(response)
+    return _span_value(found, secrets), _span_value(code, secrets)
+
+
+def _span_value(value: str | None, secrets: list[str]) -> str | None:
+    return None if value is None else str(redact(value, secrets))[:_MAX_ID_CHARS]
 
 
 def json_body(response: httpx.Response) -> Any:
@@ -96,7 +199,7 @@ def describe(response: httpx.Response) -> str:
 
 
 def redact(value: Any, secrets: Iterable[str]) -> Any:
-    """``value`` (str, dict, list, nested) with every secret replaced by ``[redacted]``.
+    """``value`` (str, dict, list, nested) with every secret replaced by ``REDACTED``.
 
     Providers may echo a header or field back in an error body; whatever we copy from a
     response into an error passes through here first.
@@ -138,7 +241,7 @@ def error_from_response(
         redact(message, needles),
         http_status=response.status_code,
         provider_code=redact(provider_code, needles),
-        provider_request_id=provider_request_id or request_id(response),
+        provider_request_id=redact(provider_request_id or request_id(response), needles),
         provider_errors=redact(provider_errors or [], needles),
         retry_after=retry_after,
     )

@@ -79,6 +79,16 @@ class Cluster:
             headers=headers or [],
         )
 
+    async def send_many(
+        self, records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]
+    ) -> list[RecordMetadata]:
+        """Produce ``(key, value, headers)`` records in order, acknowledged together."""
+        futures = [
+            await self._producer.send(self.kafka.input_topic, value, key=key, headers=headers)
+            for key, value, headers in records
+        ]
+        return list(await asyncio.gather(*futures))
+
     async def collect(self, topics: list[str], count: int, timeout: float = 30) -> list[Record]:
         """Read ``count`` records from the start of the topics (fails on timeout)."""
         consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False)

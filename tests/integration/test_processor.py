@@ -9,9 +9,11 @@ from collections import defaultdict
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from consumer import headers as h
 from consumer.events import CancelFailed, ShipmentCancelled, result_event_id
+from consumer.kafka_client import client_options
 from consumer.simulator import Simulator
 from tests.integration.kafka_helpers import Cluster, end_offsets, order_event, running_processor
 
@@ -219,3 +221,28 @@ async def test_a_member_joining_mid_stream_takes_over_partitions_without_losing_
     committed = await cluster.committed()
     for partition, end in end_offsets(sent).items():
         assert committed[partition] == end
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+async def test_records_compressed_with_any_kafka_codec_are_processed(
+    cluster: Cluster, codec: str
+) -> None:
+    producer = AIOKafkaProducer(
+        **client_options(cluster.kafka),
+        acks="all",
+        enable_idempotence=cluster.kafka.enable_idempotence,
+        compression_type=codec,
+    )
+    await producer.start()
+    try:
+        event = order_event(f"SO-{codec}", ("shipstation", f"se-{codec}"))
+        await producer.send_and_wait(
+            cluster.kafka.input_topic, orjson.dumps(event), key=event["order_id"].encode()
+        )
+    finally:
+        await producer.stop()
+
+    async with running_processor(cluster.settings):
+        results = await cluster.results(count=1)
+
+    assert [(r["order_id"], r["outcome"]) for r in results] == [(f"SO-{codec}", "cancelled")]

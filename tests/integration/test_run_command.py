@@ -6,6 +6,8 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
@@ -30,6 +32,11 @@ commit_interval_seconds = 0.2
 
 [processing]
 drain_grace_seconds = 5
+
+[telemetry]
+# A free port: several processors may run on this machine at once.
+http_host = "127.0.0.1"
+http_port = 0
 
 [providers.shipstation]
 kind = "shipstation"
@@ -56,8 +63,10 @@ def write_config(tmp_path: Path, settings: Settings, simulator: Simulator, boots
     return path
 
 
-async def start_run(config: Path, **env: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+@asynccontextmanager
+async def started_run(config: Path, **env: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``cancel-processor run`` as a subprocess; killed if the test leaves it running."""
+    process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "consumer",
@@ -68,6 +77,12 @@ async def start_run(config: Path, **env: str) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def test_run_processes_events_and_exits_cleanly_on_sigterm(
@@ -75,14 +90,14 @@ async def test_run_processes_events_and_exits_cleanly_on_sigterm(
 ) -> None:
     config = write_config(tmp_path, settings, simulator, settings.kafka.bootstrap_servers)
     key = simulator.options.shipstation_api_key
-    process = await start_run(config, TEST_SHIPSTATION_KEY=key)
-    try:
-        for i in range(20):
-            await cluster.send(order_event(f"SO-{i}", ("shipstation", f"se-{i}")))
-        results = await cluster.results(count=20, timeout=60)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout=20)
+    async with started_run(config, TEST_SHIPSTATION_KEY=key) as process:
+        try:
+            for i in range(20):
+                await cluster.send(order_event(f"SO-{i}", ("shipstation", f"se-{i}")))
+            results = await cluster.results(count=20, timeout=60)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(process.communicate(), timeout=20)
 
     assert process.returncode == 0
     assert sorted(r["order_id"] for r in results) == sorted(f"SO-{i}" for i in range(20))
@@ -101,8 +116,8 @@ async def test_a_bad_config_fails_with_one_line_naming_the_key(tmp_path: Path) -
         '[kafka]\nbootstrap_servers = "x:9092"\n'
         '[providers.ss]\nkind = "shipstation"\nbase_url = "http://a"\napi_key = "${NOPE_KEY}"\n'
     )
-    process = await start_run(config)
-    _, stderr = await asyncio.wait_for(process.communicate(), timeout=20)
+    async with started_run(config) as process:
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=20)
     assert process.returncode == 2
     assert stderr.decode().strip().splitlines() == [
         f"error: {config}: providers.ss.api_key: environment variable NOPE_KEY is not set"
@@ -113,13 +128,14 @@ async def test_an_unreachable_broker_is_reported_and_stop_still_works(
     tmp_path: Path, settings: Settings, simulator: Simulator
 ) -> None:
     config = write_config(tmp_path, settings, simulator, f"127.0.0.1:{free_port()}")
-    process = await start_run(config, TEST_SHIPSTATION_KEY="k")
-    assert process.stderr is not None
-    line = await asyncio.wait_for(process.stderr.readline(), timeout=20)
-    entry = orjson.loads(line)
-    assert entry["msg"] == "kafka broker unreachable, retrying"
-    assert entry["level"] == "warning"
-    process.send_signal(signal.SIGTERM)
-    _, rest = await asyncio.wait_for(process.communicate(), timeout=20)
+    async with started_run(config, TEST_SHIPSTATION_KEY="k") as process:
+        assert process.stderr is not None
+        entry = orjson.loads(await asyncio.wait_for(process.stderr.readline(), timeout=20))
+        assert entry["msg"] == "ops http server listening"
+        entry = orjson.loads(await asyncio.wait_for(process.stderr.readline(), timeout=20))
+        assert entry["msg"] == "kafka broker unreachable, retrying"
+        assert entry["level"] == "warning"
+        process.send_signal(signal.SIGTERM)
+        _, rest = await asyncio.wait_for(process.communicate(), timeout=20)
     assert process.returncode == 0
     assert b"Traceback" not in rest

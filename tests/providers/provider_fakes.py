@@ -39,7 +39,11 @@ class FakeApi:
         return [r for r in self.requests if r.method == method and r.url.path == path]
 
     def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.MockTransport(self._handle))
+        return httpx.AsyncClient(transport=self.transport())
+
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """This API as an httpx transport, to put under other transports."""
+        return httpx.MockTransport(self._handle)
 
     async def _handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)

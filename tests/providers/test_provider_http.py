@@ -13,7 +13,7 @@ def test_redact_replaces_secrets_anywhere_in_nested_values() -> None:
     value = {"a": ["x-KEY-y", {"KEY": 3}], "b": "plain", "c": None}
 
     assert redact(value, ["KEY", ""]) == {
-        "a": ["x-[redacted]-y", {"[redacted]": 3}],
+        "a": ["x-REDACTED-y", {"REDACTED": 3}],
         "b": "plain",
         "c": None,
     }

@@ -46,7 +46,7 @@ def event(*shipments: tuple[str, str]) -> OrderCancelled:
 
 def canceller(**providers: FakeProvider) -> Canceller:
     accounts = {
-        name: ProviderAccount(name, provider, AccountGate(4, None))
+        name: ProviderAccount(name, provider, AccountGate(4))
         for name, provider in providers.items()
     }
     policy = RetryPolicy(backoff_initial_seconds=0, budget_seconds=5)

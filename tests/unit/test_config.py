@@ -8,7 +8,7 @@ from typing import Any, get_args
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from consumer.config import Settings, load_settings, settings_from_mapping
+from consumer.config import IngressSourceSettings, Settings, load_settings, settings_from_mapping
 from consumer.errors import ConfigError
 from consumer.providers import ProviderSettings
 from consumer.providers.mvmnt import MvmntSettings
@@ -129,6 +129,10 @@ def _expected_keys(example: str) -> dict[str, set[str]]:
         (kind,) = get_args(provider_model.model_fields["kind"].annotation)
         assert kind in account_by_kind, f"examples/config.toml has no account of kind {kind}"
         expected.update(_model_keys(provider_model, f"providers.{account_by_kind[kind]}"))
+    # [ingress.sources.NAME] is a table of tables, like providers: one documented example.
+    expected["ingress"].discard("sources")
+    (source,) = [s for s in _documented_keys(example) if s.startswith("ingress.sources.")]
+    expected.update(_model_keys(IngressSourceSettings, source))
     return expected
 
 

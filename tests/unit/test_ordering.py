@@ -58,10 +58,35 @@ async def test_a_failed_or_cancelled_job_does_not_block_its_successor() -> None:
         ran.append("next")
 
     failing = scheduler.submit("k", boom)
+    after_failure = scheduler.submit("k", record)
     hanging = scheduler.submit("k", hang)
-    successor = scheduler.submit("k", record)
+    after_cancel = scheduler.submit("k", record)
     await asyncio.sleep(0.01)
     hanging.cancel()
-    await asyncio.wait([failing, hanging, successor], timeout=1)
-    assert ran == ["next"]
+    await asyncio.wait([failing, after_failure, hanging, after_cancel], timeout=1)
+    assert ran == ["next"], "a failure does not stop the key; a cancellation skips the rest"
+    assert after_cancel.cancelled()
     assert scheduler.keys_in_flight == 0
+
+
+async def test_a_job_after_an_interrupted_one_of_its_key_does_not_run() -> None:
+    scheduler = KeyOrderedScheduler()
+    ran: list[str] = []
+
+    async def slow() -> None:
+        await asyncio.sleep(3600)
+
+    async def later() -> None:
+        ran.append("later")
+
+    first = scheduler.submit("order-1", slow)
+    second = scheduler.submit("order-1", later)
+    other = scheduler.submit("order-2", later)
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.wait([first, second, other])
+    assert second.cancelled(), "its outcome would come before the interrupted earlier one's"
+    assert ran == ["later"], "other keys are not affected"
+    third = scheduler.submit("order-1", later)
+    await third
+    assert ran == ["later", "later"], "once the chain is gone, the key runs again"

@@ -40,7 +40,7 @@ class FakeClock:
 
 
 def gate() -> AccountGate:
-    return AccountGate(max_concurrency=4, rate_per_minute=None)
+    return AccountGate(max_concurrency=4)
 
 
 async def test_transient_errors_are_retried_until_success() -> None:
@@ -105,7 +105,7 @@ async def test_a_hanging_call_ends_as_timeout_within_the_budget() -> None:
 
 
 async def test_concurrency_cap_is_shared_by_all_callers() -> None:
-    shared = AccountGate(max_concurrency=2, rate_per_minute=None)
+    shared = AccountGate(max_concurrency=2)
     running = 0
     peak = 0
 

@@ -1,0 +1,262 @@
+"""The processor's OpenTelemetry instruments, named so Prometheus shows the contract's names.
+
+The Prometheus exporter turns ``messaging.client.consumed.messages`` with unit ``{message}``
+into ``messaging_client_consumed_messages_total``: dots become underscores, a unit in braces
+adds nothing, ``s`` adds ``_seconds`` and a counter gets ``_total``.
+
+One ``Metrics`` is built per service from its meter provider and passed down; the default
+records into a no-op provider, so code and tests that do not care pay next to nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Meter,
+    MeterProvider,
+    NoOpMeterProvider,
+    Observation,
+)
+from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
+    MESSAGING_CONSUMER_GROUP_NAME,
+    MESSAGING_DESTINATION_NAME,
+    MESSAGING_DESTINATION_PARTITION_ID,
+    MESSAGING_OPERATION_NAME,
+    MESSAGING_SYSTEM,
+)
+
+# Seconds; the semantic conventions' advice for HTTP and messaging durations, then longer
+# steps for end-to-end times that include retries and backoff.
+_SHORT_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+_LONG_SECONDS = (*_SHORT_SECONDS, 15, 30, 60, 120, 300)
+# Public for the webhook ingress's http.server.request.duration.
+SHORT_SECONDS = _SHORT_SECONDS
+
+PROVIDER = "provider"
+OUTCOME = "outcome"
+CATEGORY = "category"
+LIMITER = "limiter"
+NONE = "none"
+KAFKA = "kafka"
+# Kafka's operation names in the messaging conventions.
+POLL = "poll"
+SEND = "send"
+PROCESS = "process"
+
+
+class Observed(Protocol):
+    """What the observable gauges read from a running processor, at collection time."""
+
+    @property
+    def events_in_flight(self) -> int: ...
+
+    def lag(self) -> Mapping[tuple[str, int], int]:
+        """High watermark minus position, per assigned (topic, partition)."""
+        ...
+
+    def readiness(self) -> tuple[bool, str]: ...
+
+
+class Tally:
+    """A monotonic counter summed in a plain dict and reported when metrics are collected.
+
+    ``add`` is a dict update (well under a microsecond) where the SDK counter locks and
+    hashes its attributes (about 5 µs); these counters move several times per event. A
+    collection on another thread (the OTLP reader) copies the dict, atomic under the GIL.
+    """
+
+    __slots__ = ("_counts",)
+
+    def __init__(self, meter: Meter, name: str, *, unit: str, description: str) -> None:
+        self._counts: dict[tuple[tuple[str, str], ...], int] = {}
+        meter.create_observable_counter(
+            name, callbacks=[self._observe], unit=unit, description=description
+        )
+
+    def add(self, amount: int, attributes: Mapping[str, str] | None = None) -> None:
+        key = tuple(attributes.items()) if attributes else ()
+        self._counts[key] = self._counts.get(key, 0) + amount
+
+    def _observe(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(count, dict(key)) for key, count in self._counts.copy().items()]
+
+
+class Metrics:
+    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        meter = (meter_provider or NoOpMeterProvider()).get_meter("consumer")
+        self.consumed = Tally(
+            meter,
+            "messaging.client.consumed.messages",
+            unit="{message}",
+            description="Input records consumed.",
+        )
+        self.sent = Tally(
+            meter,
+            "messaging.client.sent.messages",
+            unit="{message}",
+            description="Records produced (results and DLQ copies) and acknowledged.",
+        )
+        self.process_duration = meter.create_histogram(
+            "messaging.process.duration",
+            unit="s",
+            description="Handler time per input event, publishing its results included.",
+            explicit_bucket_boundaries_advisory=_LONG_SECONDS,
+        )
+        self.event_duration = meter.create_histogram(
+            "cancel_processor.event.duration",
+            unit="s",
+            description="Input record timestamp to all of its results acknowledged.",
+            explicit_bucket_boundaries_advisory=_LONG_SECONDS,
+        )
+        self.results = Tally(
+            meter,
+            "cancel_processor.results",
+            unit="{result}",
+            description="Result events published, by provider account, outcome and category.",
+        )
+        self.dlq_records = Tally(
+            meter,
+            "cancel_processor.dlq.records",
+            unit="{record}",
+            description="Input records sent to the dead-letter topic, by error category.",
+        )
+        self.http_duration = meter.create_histogram(
+            "http.client.request.duration",
+            unit="s",
+            description="Provider HTTP calls, retries and token requests included.",
+            explicit_bucket_boundaries_advisory=_SHORT_SECONDS,
+        )
+        self.retries = Tally(
+            meter,
+            "cancel_processor.provider.retries",
+            unit="{retry}",
+            description="Retries scheduled after a transient provider failure.",
+        )
+        self.rate_limiter_wait = meter.create_histogram(
+            "cancel_processor.rate_limiter.wait.duration",
+            unit="s",
+            description="Time waiting for a provider account's call slot or rate-limit token.",
+            explicit_bucket_boundaries_advisory=(0.0, *_LONG_SECONDS),
+        )
+        self._observed: Observed | None = None
+        self._consumed_attributes: dict[tuple[str, int, str], dict[str, str]] = {}
+        self._messaging_attributes: dict[tuple[str, str], dict[str, str]] = {}
+        self._result_attributes: dict[tuple[str, str, str], dict[str, str]] = {}
+        self._single_attributes: dict[tuple[str, ...], dict[str, str]] = {}
+        meter.create_observable_gauge(
+            "cancel_processor.events.in_flight",
+            callbacks=[self._observe_in_flight],
+            unit="{event}",
+            description="Events dispatched and not finished.",
+        )
+        meter.create_observable_gauge(
+            "cancel_processor.consumer.lag",
+            callbacks=[self._observe_lag],
+            unit="{message}",
+            description="High watermark minus position, per assigned partition.",
+        )
+        meter.create_observable_gauge(
+            "cancel_processor.ready",
+            callbacks=[self._observe_ready],
+            description="1 when /readyz answers 200.",
+        )
+
+    def observe(self, observed: Observed | None) -> None:
+        """Let the gauges read this processor (``None``: report nothing)."""
+        self._observed = observed
+
+    # Attribute sets are built once per distinct value and reused: no per-event dicts.
+
+    def consumed_attributes(self, topic: str, partition: int, group: str) -> dict[str, str]:
+        key = (topic, partition, group)
+        found = self._consumed_attributes.get(key)
+        if found is None:
+            found = self._consumed_attributes[key] = {
+                MESSAGING_SYSTEM: KAFKA,
+                MESSAGING_OPERATION_NAME: POLL,
+                MESSAGING_DESTINATION_NAME: topic,
+                MESSAGING_DESTINATION_PARTITION_ID: str(partition),
+                MESSAGING_CONSUMER_GROUP_NAME: group,
+            }
+        return found
+
+    def sent_attributes(self, topic: str) -> dict[str, str]:
+        """Of ``messaging.client.sent.messages``: a record produced to ``topic``."""
+        return self._messaging(SEND, topic)
+
+    def process_attributes(self, topic: str) -> dict[str, str]:
+        """Of ``messaging.process.duration``: a record of ``topic`` handled."""
+        return self._messaging(PROCESS, topic)
+
+    def _messaging(self, operation: str, topic: str) -> dict[str, str]:
+        key = (operation, topic)
+        found = self._messaging_attributes.get(key)
+        if found is None:
+            found = self._messaging_attributes[key] = {
+                MESSAGING_SYSTEM: KAFKA,
+                MESSAGING_OPERATION_NAME: operation,
+                MESSAGING_DESTINATION_NAME: topic,
+            }
+        return found
+
+    def result_attributes(self, provider: str, outcome: str, category: str) -> dict[str, str]:
+        """``provider`` must be a configured account or ``none``: events name anything."""
+        key = (provider, outcome, category)
+        found = self._result_attributes.get(key)
+        if found is None:
+            found = self._result_attributes[key] = {
+                PROVIDER: provider,
+                OUTCOME: outcome,
+                CATEGORY: category,
+            }
+        return found
+
+    def category_attributes(self, category: str) -> dict[str, str]:
+        return self._one(CATEGORY, category)
+
+    def retry_attributes(self, provider: str, category: str) -> dict[str, str]:
+        return self._two(PROVIDER, provider, CATEGORY, category)
+
+    def limiter_attributes(self, provider: str, limiter: str) -> dict[str, str]:
+        """Of the rate-limiter wait: ``limiter`` is ``slot`` (concurrency cap) or
+        ``token`` (rate limit)."""
+        return self._two(PROVIDER, provider, LIMITER, limiter)
+
+    def _two(self, name: str, value: str, name2: str, value2: str) -> dict[str, str]:
+        key = (name, value, name2, value2)
+        found = self._single_attributes.get(key)
+        if found is None:
+            found = self._single_attributes[key] = {name: value, name2: value2}
+        return found
+
+    def _one(self, name: str, value: str) -> dict[str, str]:
+        key = (name, value)
+        found = self._single_attributes.get(key)
+        if found is None:
+            found = self._single_attributes[key] = {name: value}
+        return found
+
+    def _observe_in_flight(self, _: CallbackOptions) -> Iterable[Observation]:
+        if self._observed is None:
+            return ()
+        return (Observation(self._observed.events_in_flight),)
+
+    def _observe_lag(self, _: CallbackOptions) -> Iterable[Observation]:
+        if self._observed is None:
+            return ()
+        return [
+            Observation(
+                lag,
+                {MESSAGING_DESTINATION_NAME: topic, MESSAGING_DESTINATION_PARTITION_ID: str(p)},
+            )
+            for (topic, p), lag in self._observed.lag().items()
+        ]
+
+    def _observe_ready(self, _: CallbackOptions) -> Iterable[Observation]:
+        if self._observed is None:
+            return ()
+        ready, _reason = self._observed.readiness()
+        return (Observation(1 if ready else 0),)
