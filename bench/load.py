@@ -1,0 +1,274 @@
+"""Input the benchmark produces and the results it reads back, with their timestamps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from consumer import headers as h
+from consumer.config import KafkaSettings
+from consumer.topics import ensure_topics
+
+PARTITIONS = 6
+PROVIDERS = ("shipstation", "mvmnt")
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """One scenario's four topics and consumer group, named apart from every other run."""
+
+    tag: str
+
+    def kafka(self, bootstrap_servers: str, group: str = "processor") -> KafkaSettings:
+        return KafkaSettings(
+            bootstrap_servers=bootstrap_servers,
+            group_id=f"bench-{self.tag}-{group}",
+            input_topic=f"orders.cancelled.{self.tag}",
+            cancelled_topic=f"shipments.cancelled.{self.tag}",
+            failed_topic=f"shipments.cancel-failed.{self.tag}",
+            dlq_topic=f"orders.cancelled.dlq.{self.tag}",
+            enable_idempotence=False,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+        )
+
+
+async def create_topics(kafka: KafkaSettings) -> None:
+    await ensure_topics(kafka, partitions=PARTITIONS)
+
+
+def events(count: int, orders: int, prefix: str) -> Iterator[tuple[bytes, bytes, str]]:
+    """``count`` order-cancelled events over ``orders`` orders: (key, value, event_id).
+
+    One shipment each, providers alternating, every shipment id new (a plain 204/200
+    cancel). Orders take turns (round r holds event r of every order), as cancellations of
+    many orders arrive interleaved; events of one order still share a key and a partition.
+    """
+    for n in range(count):
+        order = n % orders
+        event_id = str(uuid.uuid4())
+        order_id = f"SO-{prefix}-{order}"
+        provider = PROVIDERS[n % len(PROVIDERS)]
+        shipment = f"{'se' if provider == 'shipstation' else 'SHP'}-{prefix}-{n}"
+        value = orjson.dumps(
+            {
+                "event_id": event_id,
+                "event_type": "order.cancelled",
+                "schema_version": 1,
+                "occurred_at": "2026-11-21T10:00:00Z",
+                "order_id": order_id,
+                "reason": "Customer changed their mind",
+                "shipments": [{"provider": provider, "shipment_id": shipment}],
+            }
+        )
+        yield order_id.encode(), value, event_id
+
+
+def _traceparent() -> bytes:
+    # An ERP-side trace, as a traced producer would send it; the processor continues it.
+    return f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01".encode()
+
+
+@contextlib.asynccontextmanager
+async def producer(kafka: KafkaSettings, linger_ms: int = 5) -> AsyncIterator[AIOKafkaProducer]:
+    client = AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=linger_ms,
+        max_batch_size=256 * 1024,
+    )
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.stop()
+
+
+async def preload(
+    kafka: KafkaSettings, count: int, orders: int, prefix: str, *, keep: bool = True
+) -> dict[str, float]:
+    """Produce ``count`` events as fast as acks allow; returns event_id -> produce time (ms),
+    or nothing when ``keep`` is false (a million ids are a lot of memory for nothing)."""
+    sent: dict[str, float] = {}
+    async with producer(kafka) as client:
+        pending: list[asyncio.Future[object]] = []
+        for key, value, event_id in events(count, orders, prefix):
+            if keep:
+                sent[event_id] = time.time() * 1000
+            pending.append(
+                await client.send(
+                    kafka.input_topic,
+                    value,
+                    key=key,
+                    headers=[(h.TRACEPARENT, _traceparent())],
+                )
+            )
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    return sent
+
+
+async def paced(
+    kafka: KafkaSettings, rate: float, seconds: float, orders: int, prefix: str
+) -> dict[str, float]:
+    """Produce at ``rate`` events per second for ``seconds``; returns event_id -> send time."""
+    sent: dict[str, float] = {}
+    total = int(rate * seconds)
+    async with producer(kafka, linger_ms=0) as client:
+        start = time.monotonic()
+        pending: list[asyncio.Future[object]] = []
+        for n, (key, value, event_id) in enumerate(events(total, orders, prefix)):
+            delay = start + n / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now_ms = time.time() * 1000
+            sent[event_id] = now_ms
+            pending.append(
+                await client.send(
+                    kafka.input_topic,
+                    value,
+                    key=key,
+                    headers=[(h.TRACEPARENT, _traceparent())],
+                    timestamp_ms=int(now_ms),
+                )
+            )
+        await asyncio.gather(*pending)
+    return sent
+
+
+@dataclass
+class Results:
+    """Result records seen so far: per source event, the result's produce time (ms)."""
+
+    at: dict[str, list[float]] = field(default_factory=dict)
+    failed: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def count_of(self, event_ids: dict[str, float]) -> int:
+        return sum(1 for event_id in event_ids if event_id in self.at)
+
+
+class Collector:
+    """Reads both result topics from the start, without a group, in the background."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._kafka = kafka
+        self.results = Results()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Collector:
+        await self._consumer.start()
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in (self._kafka.cancelled_topic, self._kafka.failed_topic)
+            for p in range(PARTITIONS)
+        ]
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_beginning(*partitions)
+        self._task = asyncio.create_task(self._collect())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+
+    async def _collect(self) -> None:
+        results = self.results
+        failed_topic = self._kafka.failed_topic
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200, max_records=10_000)
+            for tp, records in batches.items():
+                for record in records:
+                    source = dict(record.headers).get(h.SOURCE_EVENT_ID)
+                    if source is None:
+                        continue
+                    results.at.setdefault(source.decode(), []).append(float(record.timestamp))
+                    if tp.topic == failed_topic:
+                        results.failed += 1
+            if batches:
+                results.arrived.set()
+
+    async def first_result(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.results.at:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def wait_for(self, event_ids: dict[str, float], timeout: float) -> bool:
+        """True once every event has a result; False when ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        while self.results.count_of(event_ids) < len(event_ids):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.results.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.results.arrived.wait(), timeout=min(remaining, 1.0))
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    events: int
+    results: int
+    duplicates: int
+    missing: int
+    failed: int
+    events_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def measure(sent: dict[str, float], results: Results) -> Measured:
+    """Throughput from the first to the last result; latency from input to first result."""
+    firsts: list[float] = []
+    latencies: list[float] = []
+    duplicates = 0
+    for event_id, produced in sent.items():
+        seen = results.at.get(event_id)
+        if not seen:
+            continue
+        duplicates += len(seen) - 1
+        first = min(seen)
+        firsts.append(first)
+        latencies.append(first - produced)
+    span_s = (max(firsts) - min(firsts)) / 1000 if len(firsts) > 1 else 0.0
+    latencies.sort()
+    return Measured(
+        events=len(sent),
+        results=len(firsts),
+        duplicates=duplicates,
+        missing=len(sent) - len(firsts),
+        failed=results.failed,
+        events_per_s=(len(firsts) - 1) / span_s if span_s > 0 else 0.0,
+        p50_ms=percentile(latencies, 50),
+        p99_ms=percentile(latencies, 99),
+    )
+
+
+def percentile(ordered: list[float], pct: float) -> float:
+    if not ordered:
+        return 0.0
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
+    return ordered[index]
