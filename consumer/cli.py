@@ -48,11 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the processor until SIGTERM/SIGINT")
-    run.add_argument(
-        "--config",
-        default=os.environ.get(CONFIG_PATH_ENV),
-        help=f"TOML config file (default: ${CONFIG_PATH_ENV})",
-    )
+    _add_config(run)
 
     demo = commands.add_parser(
         "demo", help="embedded broker + provider simulator + sample events, results printed"
@@ -62,11 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingress = commands.add_parser(
         "ingress", help="serve signed order-cancelled webhooks and publish them to Kafka"
     )
-    ingress.add_argument(
-        "--config",
-        default=os.environ.get(CONFIG_PATH_ENV),
-        help=f"TOML config file (default: ${CONFIG_PATH_ENV}); [providers] is not read",
-    )
+    _add_config(ingress, "[providers] is not read")
 
     sim = commands.add_parser("simulate", help="serve the providers' APIs on loopback")
     sim.add_argument("--host", default="127.0.0.1")
@@ -85,11 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     topics = commands.add_parser(
         "topics", help="create the four topics from [kafka]/[topics] and verify existing ones"
     )
-    topics.add_argument(
-        "--config",
-        default=os.environ.get(CONFIG_PATH_ENV),
-        help=f"TOML config file (default: ${CONFIG_PATH_ENV}); reads only [kafka] and [topics]",
-    )
+    _add_config(topics, "reads only [kafka] and [topics]")
     topics.add_argument(
         "--check",
         action="store_true",
@@ -99,11 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     traffic = commands.add_parser(
         "demo-traffic", help="publish sample events to the input topic at a steady rate (demos)"
     )
-    traffic.add_argument(
-        "--config",
-        default=os.environ.get(CONFIG_PATH_ENV),
-        help=f"TOML config file (default: ${CONFIG_PATH_ENV}); reads only [kafka]",
-    )
+    _add_config(traffic, "reads only [kafka]")
     traffic.add_argument("--rate", type=float, default=2.0, help="events per second")
     traffic.add_argument("--count", type=int, default=None, help="stop after this many events")
 
@@ -111,16 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_config(command: argparse.ArgumentParser, reads: str = "") -> None:
+    """``--config FILE``, defaulting to $CONFIG_PATH_ENV; ``reads`` says which tables it uses."""
+    more = f"; {reads}" if reads else ""
+    command.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_PATH_ENV),
+        help=f"TOML config file (default: ${CONFIG_PATH_ENV}){more}",
+    )
+
+
 def _add_redrive(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     redrive = commands.add_parser(
         "redrive",
         help="re-publish DLQ records and retryable cancel-failed results to the input topic",
     )
-    redrive.add_argument(
-        "--config",
-        default=os.environ.get(CONFIG_PATH_ENV),
-        help=f"TOML config file (default: ${CONFIG_PATH_ENV}); reads only [kafka]",
-    )
+    _add_config(redrive, "reads only [kafka]")
     redrive.add_argument(
         "--source",
         action="append",

@@ -22,6 +22,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+async def accepts_connections(host: str, port: int) -> bool:
+    """Whether something listens on ``host:port`` (the connection is closed at once)."""
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
 class EmbeddedBrokerError(RuntimeError):
     pass
 
@@ -71,14 +82,9 @@ class EmbeddedBroker:
                     f"embedded broker exited with code {self._process.returncode} "
                     f"(is port {self.port} free?)"
                 )
-            try:
-                _, writer = await asyncio.open_connection(self.host, self.port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
+            if await accepts_connections(self.host, self.port):
+                return
+            await asyncio.sleep(0.05)
         await self.stop()
         raise EmbeddedBrokerError(
             f"embedded broker did not listen on {self.bootstrap_servers} within {timeout}s"

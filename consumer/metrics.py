@@ -10,11 +10,12 @@ records into a no-op provider, so code and tests that do not care pay next to no
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from opentelemetry.metrics import (
     CallbackOptions,
+    Histogram,
     Meter,
     MeterProvider,
     NoOpMeterProvider,
@@ -32,8 +33,6 @@ from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
 # steps for end-to-end times that include retries and backoff.
 _SHORT_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 _LONG_SECONDS = (*_SHORT_SECONDS, 15, 30, 60, 120, 300)
-# Public for the webhook ingress's http.server.request.duration.
-SHORT_SECONDS = _SHORT_SECONDS
 
 PROVIDER = "provider"
 OUTCOME = "outcome"
@@ -84,6 +83,15 @@ class Tally:
         return [Observation(count, dict(key)) for key, count in self._counts.copy().items()]
 
 
+def duration_histogram(
+    meter: Meter, name: str, description: str, buckets: Sequence[float] = _SHORT_SECONDS
+) -> Histogram:
+    """A histogram of durations in seconds (Prometheus: ``<name>_seconds``)."""
+    return meter.create_histogram(
+        name, unit="s", description=description, explicit_bucket_boundaries_advisory=buckets
+    )
+
+
 class Metrics:
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         meter = (meter_provider or NoOpMeterProvider()).get_meter("consumer")
@@ -99,17 +107,17 @@ class Metrics:
             unit="{message}",
             description="Records produced (results and DLQ copies) and acknowledged.",
         )
-        self.process_duration = meter.create_histogram(
+        self.process_duration = duration_histogram(
+            meter,
             "messaging.process.duration",
-            unit="s",
-            description="Handler time per input event, publishing its results included.",
-            explicit_bucket_boundaries_advisory=_LONG_SECONDS,
+            "Handler time per input event, publishing its results included.",
+            _LONG_SECONDS,
         )
-        self.event_duration = meter.create_histogram(
+        self.event_duration = duration_histogram(
+            meter,
             "cancel_processor.event.duration",
-            unit="s",
-            description="Input record timestamp to all of its results acknowledged.",
-            explicit_bucket_boundaries_advisory=_LONG_SECONDS,
+            "Input record timestamp to all of its results acknowledged.",
+            _LONG_SECONDS,
         )
         self.results = Tally(
             meter,
@@ -123,11 +131,10 @@ class Metrics:
             unit="{record}",
             description="Input records sent to the dead-letter topic, by error category.",
         )
-        self.http_duration = meter.create_histogram(
+        self.http_duration = duration_histogram(
+            meter,
             "http.client.request.duration",
-            unit="s",
-            description="Provider HTTP calls, retries and token requests included.",
-            explicit_bucket_boundaries_advisory=_SHORT_SECONDS,
+            "Provider HTTP calls, retries and token requests included.",
         )
         self.retries = Tally(
             meter,
@@ -135,17 +142,15 @@ class Metrics:
             unit="{retry}",
             description="Retries scheduled after a transient provider failure.",
         )
-        self.rate_limiter_wait = meter.create_histogram(
+        self.rate_limiter_wait = duration_histogram(
+            meter,
             "cancel_processor.rate_limiter.wait.duration",
-            unit="s",
-            description="Time waiting for a provider account's call slot or rate-limit token.",
-            explicit_bucket_boundaries_advisory=(0.0, *_LONG_SECONDS),
+            "Time waiting for a provider account's call slot or rate-limit token.",
+            (0.0, *_LONG_SECONDS),
         )
         self._observed: Observed | None = None
         self._consumed_attributes: dict[tuple[str, int, str], dict[str, str]] = {}
-        self._messaging_attributes: dict[tuple[str, str], dict[str, str]] = {}
-        self._result_attributes: dict[tuple[str, str, str], dict[str, str]] = {}
-        self._single_attributes: dict[tuple[str, ...], dict[str, str]] = {}
+        self._built_attributes: dict[tuple[str, ...], dict[str, str]] = {}
         meter.create_observable_gauge(
             "cancel_processor.events.in_flight",
             callbacks=[self._observe_in_flight],
@@ -192,51 +197,37 @@ class Metrics:
         return self._messaging(PROCESS, topic)
 
     def _messaging(self, operation: str, topic: str) -> dict[str, str]:
-        key = (operation, topic)
-        found = self._messaging_attributes.get(key)
-        if found is None:
-            found = self._messaging_attributes[key] = {
-                MESSAGING_SYSTEM: KAFKA,
-                MESSAGING_OPERATION_NAME: operation,
-                MESSAGING_DESTINATION_NAME: topic,
-            }
-        return found
+        return self._attributes(
+            MESSAGING_SYSTEM,
+            KAFKA,
+            MESSAGING_OPERATION_NAME,
+            operation,
+            MESSAGING_DESTINATION_NAME,
+            topic,
+        )
 
     def result_attributes(self, provider: str, outcome: str, category: str) -> dict[str, str]:
         """``provider`` must be a configured account or ``none``: events name anything."""
-        key = (provider, outcome, category)
-        found = self._result_attributes.get(key)
-        if found is None:
-            found = self._result_attributes[key] = {
-                PROVIDER: provider,
-                OUTCOME: outcome,
-                CATEGORY: category,
-            }
-        return found
+        return self._attributes(PROVIDER, provider, OUTCOME, outcome, CATEGORY, category)
 
     def category_attributes(self, category: str) -> dict[str, str]:
-        return self._one(CATEGORY, category)
+        return self._attributes(CATEGORY, category)
 
     def retry_attributes(self, provider: str, category: str) -> dict[str, str]:
-        return self._two(PROVIDER, provider, CATEGORY, category)
+        return self._attributes(PROVIDER, provider, CATEGORY, category)
 
     def limiter_attributes(self, provider: str, limiter: str) -> dict[str, str]:
         """Of the rate-limiter wait: ``limiter`` is ``slot`` (concurrency cap) or
         ``token`` (rate limit)."""
-        return self._two(PROVIDER, provider, LIMITER, limiter)
+        return self._attributes(PROVIDER, provider, LIMITER, limiter)
 
-    def _two(self, name: str, value: str, name2: str, value2: str) -> dict[str, str]:
-        key = (name, value, name2, value2)
-        found = self._single_attributes.get(key)
+    def _attributes(self, *names_and_values: str) -> dict[str, str]:
+        """``{name: value, ...}`` from alternating names and values, built once per set."""
+        found = self._built_attributes.get(names_and_values)
         if found is None:
-            found = self._single_attributes[key] = {name: value, name2: value2}
-        return found
-
-    def _one(self, name: str, value: str) -> dict[str, str]:
-        key = (name, value)
-        found = self._single_attributes.get(key)
-        if found is None:
-            found = self._single_attributes[key] = {name: value}
+            found = self._built_attributes[names_and_values] = dict(
+                zip(names_and_values[::2], names_and_values[1::2], strict=True)
+            )
         return found
 
     def _observe_in_flight(self, _: CallbackOptions) -> Iterable[Observation]:

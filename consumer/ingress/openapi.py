@@ -34,7 +34,8 @@ SIGNATURE_PATTERN: Final = (
 _SIGNATURE_EXAMPLE: Final = (
     "t=1795255200,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"
 )
-_EXAMPLE_EVENT: Final[dict[str, Any]] = {
+# The DESIGN.md input example; the tests build their valid events from it too.
+EXAMPLE_EVENT: Final[dict[str, Any]] = {
     "event_id": "0f8c3c2e-6a1b-4a7e-9d0f-2d1b6f5a9e11",
     "event_type": "order.cancelled",
     "schema_version": 1,
@@ -198,7 +199,7 @@ def _post_order_cancelled() -> dict[str, Any]:
             "content": {
                 "application/json": {
                     "schema": {"$ref": "./order.cancelled.v1.json"},
-                    "example": _EXAMPLE_EVENT,
+                    "example": EXAMPLE_EVENT,
                 }
             },
         },
@@ -206,7 +207,7 @@ def _post_order_cancelled() -> dict[str, Any]:
             "202": {
                 "description": "Accepted: the record is on the topic (acks=all), or this "
                 "event_id was accepted before.",
-                "content": _json("Accepted", {"event_id": _EXAMPLE_EVENT["event_id"]}),
+                "content": _json("Accepted", {"event_id": EXAMPLE_EVENT["event_id"]}),
             },
             "409": _error_response(
                 "This event_id was already accepted from this source with different content "

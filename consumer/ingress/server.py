@@ -59,7 +59,7 @@ from consumer.ingress.signature import (
     resolve_secret,
 )
 from consumer.ingress.validation import validate_event
-from consumer.metrics import SHORT_SECONDS, Tally
+from consumer.metrics import Tally, duration_histogram
 from consumer.ops_http import Readiness, add_ops_routes
 from consumer.telemetry import extract_context, inject_headers
 
@@ -90,11 +90,10 @@ class _Instruments:
             unit="{request}",
             description="Webhook requests by source and HTTP status.",
         )
-        self._duration = meter.create_histogram(
+        self._duration = duration_histogram(
+            meter,
             "http.server.request.duration",
-            unit="s",
-            description="Time to answer a webhook request, the broker's ack included.",
-            explicit_bucket_boundaries_advisory=SHORT_SECONDS,
+            "Time to answer a webhook request, the broker's ack included.",
         )
         # Built once per distinct value and reused: no per-request dicts.
         self._count_attributes: dict[tuple[str, int], dict[str, str]] = {}

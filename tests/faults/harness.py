@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import RecordMetadata
 
 from consumer.config import Settings, settings_from_mapping
-from consumer.embedded_broker import EmbeddedBroker
+from consumer.embedded_broker import EmbeddedBroker, accepts_connections
 from consumer.kafka_client import client_options
 from consumer.topics import ensure_topics
 from tests.integration.kafka_helpers import Cluster, Record
@@ -307,14 +307,9 @@ class BrokerProcess(Process):
         while time.monotonic() < deadline:
             if not self.running:
                 raise RuntimeError(f"broker exited with {self.returncode}")
-            try:
-                _, writer = await asyncio.open_connection(self.broker.host, self.broker.port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
+            if await accepts_connections(self.broker.host, self.broker.port):
+                return
+            await asyncio.sleep(0.05)
         raise RuntimeError("broker did not listen")
 
     async def __aexit__(
