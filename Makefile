@@ -44,13 +44,15 @@ schemas: $(STAMP)
 faults: $(STAMP)
 	$(BIN)/pytest -q -m faults tests/faults
 
-# The processor benchmark (README "Performance"): prints a table, writes bench-results.json,
-# fails when a target is missed. BENCH_ARGS=--quick (or `make bench-quick`) for a short run.
+# The benchmarks (README "Performance", "Webhook ingress"): the processor's, then the ingress's
+# (merged into bench-results.json); both always run, and the target fails when either missed a
+# target. BENCH_ARGS=--quick (or `make bench-quick`) shortens the processor run.
 bench: $(STAMP)
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	status=0; $(BIN)/python -m bench $(BENCH_ARGS) || status=1; \
+	$(BIN)/python -m bench.ingress || status=1; exit $$status
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m bench --quick
+	$(MAKE) bench BENCH_ARGS=--quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -180,7 +180,7 @@ def write_config(
                     "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
                     # Tansu holds a fetch for its whole wait even when records arrive: this
                     # bounds what it adds to latency.
-                    "fetch_max_wait_ms": 5,
+                    "fetch_max_wait_ms": 10,
                 },
                 "telemetry": {
                     "traces_exporter": traces_exporter,
