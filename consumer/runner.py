@@ -394,9 +394,15 @@ class Runner:
         tasks = self._tasks.setdefault(tp, set())
         tasks.add(task)
         self._events_in_flight += 1
-        task.add_done_callback(lambda done: self._finished(tp, record.offset, done))
+        task.add_done_callback(lambda done: self._finished(tp, progress, record.offset, done))
 
-    def _finished(self, tp: TopicPartition, offset: int, task: asyncio.Task[None]) -> None:
+    def _finished(
+        self,
+        tp: TopicPartition,
+        progress: PartitionProgress,
+        offset: int,
+        task: asyncio.Task[None],
+    ) -> None:
         self._tasks.get(tp, set()).discard(task)
         self._events_in_flight -= 1
         self._slot_freed.set()
@@ -410,8 +416,9 @@ class Runner:
                 extra={"topic": tp.topic, "partition": tp.partition, "offset": offset},
             )
             return
-        progress = self._progress.get(tp)
-        if progress is not None:
+        # Only the tracker that started the offset may finish it: after a rewind or a new
+        # assignment the same offset number is a different, maybe unfinished, record.
+        if self._progress.get(tp) is progress:
             progress.finish(offset)
 
     async def _handle(

@@ -93,3 +93,46 @@ async def test_a_later_event_of_an_interrupted_order_is_not_processed() -> None:
     assert provider.asked == ["se-stuck"]
     assert producer.sent == [], "the later event must not overtake the interrupted one"
     assert consumer.committed == {}
+
+
+class PerShipmentGates:
+    """Cancels a shipment once its own gate opens; shipments without a gate cancel at once."""
+
+    def __init__(self, *gated: str) -> None:
+        self.gates = {shipment: asyncio.Event() for shipment in gated}
+
+    @property
+    def kind(self) -> str:
+        return "shipstation"
+
+    async def cancel(self, request: CancelRequest) -> CancelOutcome:
+        gate = self.gates.get(request.shipment_id)
+        if gate is not None:
+            await gate.wait()
+        return CancelOutcome("cancelled")
+
+
+async def test_work_from_before_a_rewind_never_moves_the_commit_past_replayed_records() -> None:
+    provider = PerShipmentGates("se-old", "se-new")
+    consumer, producer = FakeConsumer(TP, []), RecordingProducer()
+    canceller = Canceller(
+        {"ss": ProviderAccount("ss", provider, AccountGate(4))}, RetryPolicy(budget_seconds=30)
+    )
+    runner = Runner(
+        KafkaSettings(bootstrap_servers="127.0.0.1:9"),
+        ProcessingSettings(drain_grace_seconds=0.1),
+        canceller,
+        NoOpTracer(),
+        clients=clients(consumer, producer),
+    )
+    await consumer.start()
+    runner._dispatch(TP, event_record(10, "SO-A", "se-old"))
+    # The position goes back (an offset reset): offsets 3 and 10 are read again, and offset
+    # 10 is now another record that has not finished.
+    runner._dispatch(TP, event_record(3, "SO-B", "se-rewound"))
+    runner._dispatch(TP, event_record(10, "SO-D", "se-new"))
+    await asyncio.sleep(0.05)
+    provider.gates["se-old"].set()
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(runner.drain({TP}), timeout=5)
+    assert consumer.committed == {TP: 4}, "only the replayed offset 3 is done"
