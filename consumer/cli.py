@@ -30,6 +30,7 @@ from consumer.redrive import (
     SOURCES,
     Options,
     RedriveFilter,
+    TopicReadIncomplete,
     parse_age,
     parse_sources,
     parse_time,
@@ -312,6 +313,9 @@ def _redrive(args: argparse.Namespace) -> int:
     )
     try:
         asyncio.run(run_redrive(settings.kafka, options, out=print))
+    except TopicReadIncomplete as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (KafkaError, ConfigError) as exc:
         print(f"error: kafka broker at {settings.kafka.bootstrap_servers}: {exc}", file=sys.stderr)
         return 1

@@ -253,7 +253,10 @@ async def read_topic(
     idle_seconds: float = _IDLE_SECONDS,
 ) -> list[Record]:
     """Every record of ``topic`` (from ``since_ms`` when given) up to its current end."""
-    consumer = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False)
+    # "earliest": an offset deleted by retention under our feet must not skip to the end.
+    consumer = AIOKafkaConsumer(
+        **client_options(kafka), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
@@ -277,25 +280,42 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     return consumer.partitions_for_topic(topic) or set()
 
 
+class TopicReadIncomplete(Exception):
+    """A topic could not be read to its end: planning on part of it could redrive twice."""
+
+
 async def _read_to_end(
     consumer: AIOKafkaConsumer, ends: Mapping[TopicPartition, int], idle_seconds: float
 ) -> list[Record]:
-    """Until every partition reached its end offset and a fetch brings nothing more (some
-    brokers' end offsets are not exact), or nothing arrives for ``idle_seconds``."""
+    """Until a fetch brings nothing more and every partition is at its end; a partition
+    still short of its end after ``idle_seconds`` without records is an error."""
     records: list[Record] = []
     idle = 0.0
-    while idle < idle_seconds:
+    while True:
         batches = await consumer.getmany(timeout_ms=_POLL_MS)
         got = [record for batch in batches.values() for record in batch]
         records += got
         if got:
             idle = 0.0
             continue
+        behind = []
+        for tp, listed_end in ends.items():
+            # Some brokers (the embedded Tansu) list inexact end offsets; the high watermark
+            # of a fetch response is exact, so it wins once a fetch has brought one.
+            highwater = consumer.highwater(tp)
+            end = listed_end if highwater is None else highwater
+            position = await consumer.position(tp)
+            if position < end:
+                behind.append(f"partition {tp.partition} at offset {position} of {end}")
+        if not behind:
+            return records
         idle += _POLL_MS / 1000
-        positions = [await consumer.position(tp) for tp in ends]
-        if all(position >= ends[tp] for position, tp in zip(positions, ends, strict=True)):
-            break
-    return records
+        if idle >= idle_seconds:
+            topic = next(iter(ends)).topic
+            raise TopicReadIncomplete(
+                f"{topic} could not be read to its end ({', '.join(behind)}); "
+                "nothing was redriven, run it again"
+            )
 
 
 @dataclass(frozen=True, slots=True)

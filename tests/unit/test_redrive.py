@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 
 from consumer import headers as h
 from consumer.events import OrderCancelled, result_event_id
@@ -16,6 +16,8 @@ from consumer.redrive import (
     REDRIVEN_FROM,
     Plan,
     RedriveFilter,
+    TopicReadIncomplete,
+    _read_to_end,
     already_redriven,
     latest_failures,
     parse_age,
@@ -173,3 +175,31 @@ def test_earlier_runs_are_found_by_their_header() -> None:
         record("in", 1, b"{}"),
     ]
     assert already_redriven(inputs) == {"dlq/0/3", "failed/1/9"}
+
+
+class StalledConsumer:
+    """A partition whose fetches bring nothing while its position is short of the end."""
+
+    def __init__(self, position: int, highwater: int | None) -> None:
+        self._position = position
+        self._highwater = highwater
+
+    async def getmany(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Any]]:
+        return {}
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self._highwater
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self._position
+
+
+async def test_a_topic_that_cannot_be_read_to_its_end_stops_the_redrive() -> None:
+    tp = TopicPartition("orders.cancelled", 2)
+    with pytest.raises(TopicReadIncomplete, match=r"partition 2 at offset 5 of 9"):
+        await _read_to_end(StalledConsumer(5, highwater=9), {tp: 9}, idle_seconds=0)
+
+
+async def test_the_fetched_high_watermark_wins_over_an_inexact_listed_end() -> None:
+    tp = TopicPartition("orders.cancelled", 0)
+    assert await _read_to_end(StalledConsumer(5, highwater=5), {tp: 7}, idle_seconds=0) == []
