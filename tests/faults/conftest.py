@@ -59,6 +59,11 @@ class FaultEnv:
     def settings(self, config: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         return self.topology.settings(config, env)
 
+    async def provision(self, config: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+        """Create the scenario's topics; its settings, as the processor will load them."""
+        await self.topology.create_topics(config, env)
+        return self.settings(config, env)
+
     def processor(
         self, config: Mapping[str, Any], env: Mapping[str, str], name: str | None = None
     ) -> ProcessorProcess:

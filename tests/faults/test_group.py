@@ -111,8 +111,7 @@ async def test_4_members_join_and_leave_five_times_under_a_slow_provider(
     async with sim:
         config = faults.config(sim)
         env = sim.secrets_env()
-        await faults.topology.create_topics(config, env)
-        settings = faults.settings(config, env)
+        settings = await faults.provision(config, env)
         records = order_stream(events=1500, orders=150)
         async with cluster_for(settings) as cluster, OutputReader(settings) as reader:
             steady = faults.processor(config, env, name="steady")

@@ -70,8 +70,7 @@ async def test_8_poison_input_goes_to_the_dlq_once_and_memory_stays_flat(
     async with sim:
         config = faults.config(sim)
         env = sim.secrets_env()
-        await faults.topology.create_topics(config, env)
-        settings = faults.settings(config, env)
+        settings = await faults.provision(config, env)
         sent: list[Input] = []
         rss: list[int] = []
         async with cluster_for(settings) as cluster, OutputReader(settings) as reader:
@@ -141,8 +140,7 @@ async def test_9_hostile_headers_are_ignored_and_never_reach_a_provider(
     async with sim:
         config = faults.config(sim)
         env = sim.secrets_env()
-        await faults.topology.create_topics(config, env)
-        settings = faults.settings(config, env)
+        settings = await faults.provision(config, env)
         records = [
             Input(r.key, r.value, hostile_headers(i), r.event)
             for i, r in enumerate(order_stream(80, 20))

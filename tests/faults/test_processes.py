@@ -32,8 +32,7 @@ async def test_1_happy_path(faults: FaultEnv) -> None:
     async with sim:
         config = faults.config(sim)
         env = sim.secrets_env()
-        await faults.topology.create_topics(config, env)
-        settings = faults.settings(config, env)
+        settings = await faults.provision(config, env)
         records = order_stream(events=2000, orders=200)
         async with cluster_for(settings) as cluster, OutputReader(settings) as reader:
             processor = faults.processor(config, env)
@@ -58,8 +57,7 @@ async def test_2_kill_9_three_times_mid_stream(faults: FaultEnv) -> None:
     async with sim:
         config = faults.config(sim)
         env = sim.secrets_env()
-        await faults.topology.create_topics(config, env)
-        settings = faults.settings(config, env)
+        settings = await faults.provision(config, env)
         records = order_stream(events=1200, orders=120)
         async with cluster_for(settings) as cluster, OutputReader(settings) as reader:
             processor = faults.processor(config, env)
@@ -106,8 +104,7 @@ async def test_3_sigterm_mid_stream_drains_and_resumes_without_duplicates(
     async with sim:
         config = faults.config(sim)
         env = sim.secrets_env()
-        await faults.topology.create_topics(config, env)
-        settings = faults.settings(config, env)
+        settings = await faults.provision(config, env)
         records = order_stream(events=600, orders=60)
         async with cluster_for(settings) as cluster, OutputReader(settings) as reader:
             first = faults.processor(config, env)

@@ -73,8 +73,7 @@ async def test_6_rate_limits_retry_after_and_503_bursts(faults: FaultEnv) -> Non
             shipstation_rate_per_minute=RATE_PER_MINUTE,
         )
         env = sim.secrets_env()
-        await faults.topology.create_topics(config, env)
-        settings = faults.settings(config, env)
+        settings = await faults.provision(config, env)
         kinds = {
             # Each attempt is two requests: the refused cancel and the confirming read.
             "cancelled": 6,
@@ -161,8 +160,7 @@ async def test_7_a_hanging_provider_is_time_boxed(faults: FaultEnv) -> None:
         )
         config["providers"]["mvmnt"]["timeout_seconds"] = 1.0
         env = sim.secrets_env()
-        await faults.topology.create_topics(config, env)
-        settings = faults.settings(config, env)
+        settings = await faults.provision(config, env)
         hanging = [single(f"SO-hang-{i}", "mvmnt", f"SHP-hang-{i}") for i in range(3)]
         others = [single(f"SO-ss-{i}", "shipstation", f"se-ok-{i}") for i in range(60)] + [
             single(f"SO-mv-{i}", "mvmnt", f"SHP-ok-{i}") for i in range(60)

@@ -86,8 +86,7 @@ async def test_10_secrets_never_reach_logs_spans_events_or_dlq(faults: FaultEnv)
             "FAULTS_MVMNT_TOKEN": STATIC_TOKEN,
             "FAULTS_REVOKED_KEY": REVOKED_KEY,
         }
-        await faults.topology.create_topics(config, env)
-        settings = faults.settings(config, env)
+        settings = await faults.provision(config, env)
         records: list[Input] = []
         for account in accounts:
             prefix = "se" if "shipstation" in account else "SHP"
@@ -184,8 +183,7 @@ async def test_11_kafka_over_tls_and_sasl_and_refused_logins(faults: FaultEnv) -
             secure = _secure_kafka("SASL_SSL", "SCRAM-SHA-512", password, certificates.ca)
             config = faults.config(sim, secure)
             env = {**sim.secrets_env(), "FAULTS_KAFKA_PASSWORD": password}
-            await faults.topology.create_topics(config, env)
-            settings = faults.settings(config, env)
+            settings = await faults.provision(config, env)
             async with cluster_for(settings) as cluster, OutputReader(settings) as reader:
                 processor = faults.processor(config, env)
                 sent = await produce(cluster, order_stream(100, 10))
