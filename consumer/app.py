@@ -10,16 +10,14 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
-import httpx
-
 from consumer.canceller import Canceller, ProviderAccount
 from consumer.config import Settings
 from consumer.errors import ConfigError
 from consumer.metrics import Metrics
 from consumer.ops_http import Readiness, serve_ops
-from consumer.providers import ProviderSettings, build_provider
+from consumer.providers import build_provider
+from consumer.providers.client import TransportClient, provider_transport
 from consumer.providers.ratelimit import rate_limited
-from consumer.providers.transport import HttpTransport
 from consumer.retry import AccountGate, RetryPolicy
 from consumer.runner import Runner
 from consumer.telemetry import build_meter_provider, build_tracer_provider, record_token_wait
@@ -37,25 +35,18 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
-def provider_transport(account: ProviderSettings) -> httpx.AsyncBaseTransport:
-    """The HTTP transport of one provider account (closed with its client)."""
-    return HttpTransport(max_connections=account.max_concurrency)
-
-
 async def open_accounts(settings: Settings, stack: AsyncExitStack) -> dict[str, ProviderAccount]:
     """One HTTP client, rate limit and concurrency cap per configured provider account."""
     accounts = {}
     for name, account in settings.providers.items():
         client = await stack.enter_async_context(
-            httpx.AsyncClient(
+            TransportClient(
                 # Every request takes a token: cancels, confirming reads, token fetches.
-                transport=rate_limited(
-                    provider_transport(account),
+                rate_limited(
+                    provider_transport(account.base_url, account.max_concurrency),
                     account.rate_limit_per_minute,
                     on_wait=record_token_wait,
-                ),
-                timeout=httpx.Timeout(account.timeout_seconds),
-                follow_redirects=False,
+                )
             )
         )
         accounts[name] = ProviderAccount(

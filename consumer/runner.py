@@ -830,9 +830,11 @@ def _log_result(result: ResultEvent) -> None:
         "trace_id": result.trace_id,
     }
     if isinstance(result, ShipmentCancelled):
-        log.info("shipment cancelled", extra={**fields, "outcome": result.outcome})
+        # DEBUG: at thousands a second a line per success is most of the log, and its
+        # result event is the record; a failure needs someone's attention.
+        log.debug("shipment cancelled", extra={**fields, "outcome": result.outcome})
     else:
-        log.info(
+        log.warning(
             "shipment cancel failed",
             extra={**fields, "category": str(result.error.category), "error": result.error.message},
         )

@@ -8,6 +8,8 @@ means.
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.metadata
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
@@ -17,8 +19,10 @@ import orjson
 
 from consumer.errors import CancelError, ConflictError, InternalError, TransientError
 from consumer.providers.base import parse_retry_after, transport_error
+from consumer.providers.client import HttpClient
 from consumer.telemetry import ClientCall
 
+USER_AGENT = f"shipment-cancel-processor/{importlib.metadata.version('shipment-cancel-processor')}"
 # What replaces a secret wherever we copy provider data or a URL (the marker the semantic
 # conventions prescribe for url.full).
 REDACTED = "REDACTED"
@@ -41,7 +45,7 @@ def path_segment(value: str) -> str:
 
 
 async def send(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     method: str,
     url: str,
     *,
@@ -57,14 +61,14 @@ async def send(
     Each call is one CLIENT span and one ``http.client.request.duration`` sample (none for
     a call abandoned on cancellation). The span always ends, whatever happens.
     """
-    request = client.build_request(
+    request = httpx.Request(
         method,
         url,
-        headers=headers,
+        headers={"User-Agent": USER_AGENT, **headers},
         params=params,
         json=json,
         data=form,
-        timeout=http_timeout,
+        extensions={"timeout": _timeouts(http_timeout)},
     )
     target = request.url
     call = ClientCall(
@@ -79,8 +83,8 @@ async def send(
         if call.recording:
             call.describe(safe_url(target, secrets))
         response = await client.send(request)
-        # httpx leaves the response and its stream referring to each other, so every
-        # answer would wait for the cyclic garbage collector; it is read whole, so cut it.
+        # httpx.AsyncClient leaves the response and its stream referring to each other, so
+        # every answer would wait for the cyclic garbage collector; it is read whole: cut it.
         response.stream = httpx.ByteStream(response.content)
         if call.recording:
             call.answered(response.status_code, *_provider_ids(response, secrets))
@@ -102,6 +106,12 @@ async def send(
         raise
     finally:
         call.end()
+
+
+@functools.lru_cache(maxsize=64)
+def _timeouts(seconds: float) -> dict[str, float | None]:
+    """httpx's per-request ``timeout`` extension: connect, read, write and pool waits."""
+    return httpx.Timeout(seconds).as_dict()
 
 
 def safe_url(url: httpx.URL, secrets: Iterable[str] = ()) -> str:

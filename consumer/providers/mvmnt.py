@@ -34,6 +34,7 @@ from consumer.providers.base import (
     ProviderSettingsBase,
     error_class_for_status,
 )
+from consumer.providers.client import HttpClient
 from consumer.providers.http import (
     conflict_keeping,
     describe,
@@ -101,7 +102,7 @@ class ClientCredentials:
         token_url: str,
         client_id: str,
         client_secret: str,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         http_timeout: float,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -211,7 +212,7 @@ class MvmntProvider:
         self,
         name: str,
         settings: MvmntSettings,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         *,
         clock: Clock = time.monotonic,
     ) -> None:

@@ -33,6 +33,7 @@ from consumer.providers.base import (
     ProviderSettingsBase,
     error_class_for_status,
 )
+from consumer.providers.client import HttpClient
 from consumer.providers.http import (
     conflict_keeping,
     describe,
@@ -153,7 +154,7 @@ def is_state_refusal(status: int, error_code: str | None) -> bool:
 class ShipStationProvider:
     """One ShipStation account."""
 
-    def __init__(self, name: str, settings: ShipStationSettings, client: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, settings: ShipStationSettings, client: HttpClient) -> None:
         self.name = name
         self._settings = settings
         self._client = client

@@ -19,6 +19,7 @@ from consumer.errors import (
     RejectedError,
     UnavailableError,
 )
+from consumer.providers.client import TransportClient
 
 Answer = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
 
@@ -38,8 +39,9 @@ class FakeApi:
     def calls(self, method: str, path: str) -> list[httpx.Request]:
         return [r for r in self.requests if r.method == method and r.url.path == path]
 
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=self.transport())
+    def client(self) -> TransportClient:
+        """This API behind the client the service gives its adapters."""
+        return TransportClient(self.transport())
 
     def transport(self) -> httpx.AsyncBaseTransport:
         """This API as an httpx transport, to put under other transports."""

@@ -23,6 +23,7 @@ from consumer.errors import (
     UnavailableError,
 )
 from consumer.providers.base import CancelOutcome, CancelRequest
+from consumer.providers.client import TransportClient
 from consumer.providers.mvmnt import MvmntProvider, MvmntSettings
 from tests.providers.provider_fakes import (
     STATUS_CATEGORIES,
@@ -53,7 +54,7 @@ def api() -> FakeApi:
 
 
 @pytest.fixture
-async def client(api: FakeApi) -> AsyncIterator[httpx.AsyncClient]:
+async def client(api: FakeApi) -> AsyncIterator[TransportClient]:
     async with api.client() as client:
         yield client
 
@@ -63,7 +64,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def oauth_provider(client: httpx.AsyncClient, clock: FakeClock | None = None) -> MvmntProvider:
+def oauth_provider(client: TransportClient, clock: FakeClock | None = None) -> MvmntProvider:
     settings = MvmntSettings(
         kind="mvmnt",
         base_url=BASE,
@@ -74,7 +75,7 @@ def oauth_provider(client: httpx.AsyncClient, clock: FakeClock | None = None) ->
     return MvmntProvider("mvmnt-main", settings, client, clock=clock or FakeClock())
 
 
-def static_provider(client: httpx.AsyncClient) -> MvmntProvider:
+def static_provider(client: TransportClient) -> MvmntProvider:
     settings = MvmntSettings(kind="mvmnt", base_url=BASE, access_token=STATIC_TOKEN)
     return MvmntProvider("mvmnt-static", settings, client)
 
@@ -112,7 +113,7 @@ def text_of(error: CancelError) -> str:
 
 
 async def test_cancel_fetches_a_token_then_posts_with_bearer_lookup_and_reason(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("POST", TOKEN_PATH, *tokens("tok-1"))
     api.on("POST", CANCEL, cancelled(**{"X-Request-Id": "req-9"}))
@@ -141,7 +142,7 @@ async def test_cancel_fetches_a_token_then_posts_with_bearer_lookup_and_reason(
 
 
 async def test_without_lookup_or_reason_sends_no_by_and_an_empty_object(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("POST", CANCEL, cancelled())
 
@@ -152,7 +153,7 @@ async def test_without_lookup_or_reason_sends_no_by_and_an_empty_object(
     assert json_of(call) == {}
 
 
-async def test_reason_is_cut_to_1000_characters(api: FakeApi, client: httpx.AsyncClient) -> None:
+async def test_reason_is_cut_to_1000_characters(api: FakeApi, client: TransportClient) -> None:
     api.on("POST", CANCEL, cancelled())
     long_reason = "é" * 999 + "xyz"
 
@@ -164,7 +165,7 @@ async def test_reason_is_cut_to_1000_characters(api: FakeApi, client: httpx.Asyn
 
 
 async def test_shipment_id_is_sent_as_one_encoded_path_segment(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("POST", "/v1/shipments/a/b?c/cancel", cancelled())
 
@@ -173,12 +174,12 @@ async def test_shipment_id_is_sent_as_one_encoded_path_segment(
     assert api.requests[0].url.raw_path == b"/v1/shipments/a%2Fb%3Fc/cancel"
 
 
-def test_kind_is_mvmnt(client: httpx.AsyncClient) -> None:
+def test_kind_is_mvmnt(client: TransportClient) -> None:
     assert static_provider(client).kind == "mvmnt"
 
 
 async def test_static_token_is_used_without_a_token_request(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("POST", CANCEL, cancelled())
 
@@ -190,7 +191,7 @@ async def test_static_token_is_used_without_a_token_request(
 
 @pytest.mark.parametrize("body", [b"", b"<html>ok</html>", b"[]"])
 async def test_success_without_a_json_object_is_internal(
-    api: FakeApi, client: httpx.AsyncClient, body: bytes
+    api: FakeApi, client: TransportClient, body: bytes
 ) -> None:
     api.on("POST", CANCEL, reply(200, body))
 
@@ -203,7 +204,7 @@ async def test_success_without_a_json_object_is_internal(
 # --- tokens ----------------------------------------------------------------------------
 
 
-async def test_one_token_serves_many_calls(api: FakeApi, client: httpx.AsyncClient) -> None:
+async def test_one_token_serves_many_calls(api: FakeApi, client: TransportClient) -> None:
     api.on("POST", TOKEN_PATH, *tokens("tok-1", "tok-2"))
     api.on("POST", CANCEL, cancelled())
     provider = oauth_provider(client)
@@ -216,7 +217,7 @@ async def test_one_token_serves_many_calls(api: FakeApi, client: httpx.AsyncClie
 
 
 async def test_concurrent_calls_share_one_token_request(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.delay = 0.01
     api.on("POST", TOKEN_PATH, *tokens("tok-1", "tok-2"))
@@ -244,7 +245,7 @@ async def test_concurrent_calls_share_one_token_request(
     ],
 )
 async def test_token_is_replaced_shortly_before_it_expires(
-    api: FakeApi, client: httpx.AsyncClient, clock: FakeClock, expires_in: Any, refreshed_at: float
+    api: FakeApi, client: TransportClient, clock: FakeClock, expires_in: Any, refreshed_at: float
 ) -> None:
     api.on("POST", TOKEN_PATH, *tokens("tok-1", "tok-2", expires_in=expires_in))
     api.on("POST", CANCEL, cancelled())
@@ -261,7 +262,7 @@ async def test_token_is_replaced_shortly_before_it_expires(
 
 
 async def test_a_401_refreshes_the_token_once_and_retries(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("POST", TOKEN_PATH, *tokens("tok-1", "tok-2"))
     unauthorized = {"error": "unauthorized", "message": "Invalid or expired access token"}
@@ -277,7 +278,7 @@ async def test_a_401_refreshes_the_token_once_and_retries(
     assert len(api.calls("POST", TOKEN_PATH)) == 2
 
 
-async def test_a_second_401_is_an_auth_error(api: FakeApi, client: httpx.AsyncClient) -> None:
+async def test_a_second_401_is_an_auth_error(api: FakeApi, client: TransportClient) -> None:
     api.on("POST", TOKEN_PATH, *tokens("tok-1", "tok-2", "tok-3"))
     body = {"error": "unauthorized", "message": "Invalid or expired access token"}
     api.on("POST", CANCEL, reply(401, body))
@@ -292,7 +293,7 @@ async def test_a_second_401_is_an_auth_error(api: FakeApi, client: httpx.AsyncCl
 
 
 async def test_concurrent_401s_with_one_token_refresh_it_once(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.delay = 0.01
     api.on("POST", TOKEN_PATH, *tokens("tok-1", "tok-2", "tok-3"))
@@ -310,7 +311,7 @@ async def test_concurrent_401s_with_one_token_refresh_it_once(
 
 
 async def test_static_token_rejected_is_an_auth_error_without_retry(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("POST", CANCEL, reply(401, {"error": "unauthorized", "message": "expired"}))
 
@@ -339,7 +340,7 @@ async def test_static_token_rejected_is_an_auth_error_without_retry(
 )
 async def test_token_endpoint_failures_map_without_calling_the_api(
     api: FakeApi,
-    client: httpx.AsyncClient,
+    client: TransportClient,
     answer: httpx.Response | Exception,
     expected: type[CancelError],
 ) -> None:
@@ -353,9 +354,7 @@ async def test_token_endpoint_failures_map_without_calling_the_api(
     assert CLIENT_SECRET not in text_of(error)
 
 
-async def test_token_endpoint_error_details_are_kept(
-    api: FakeApi, client: httpx.AsyncClient
-) -> None:
+async def test_token_endpoint_error_details_are_kept(api: FakeApi, client: TransportClient) -> None:
     body = {"error": "invalid_client", "error_description": "Client authentication failed"}
     api.on("POST", TOKEN_PATH, reply(401, body))
 
@@ -367,7 +366,7 @@ async def test_token_endpoint_error_details_are_kept(
 
 
 async def test_token_endpoint_rate_limit_carries_retry_after(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("POST", TOKEN_PATH, reply(429, headers={"Retry-After": "5"}))
 
@@ -377,7 +376,7 @@ async def test_token_endpoint_rate_limit_carries_retry_after(
 
 
 async def test_a_failed_token_request_is_retried_on_the_next_call(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("POST", TOKEN_PATH, reply(503), *tokens("tok-1"))
     api.on("POST", CANCEL, cancelled())
@@ -397,7 +396,7 @@ async def test_a_failed_token_request_is_retried_on_the_next_call(
     STATUS_CATEGORIES,
 )
 async def test_each_error_status_maps_to_its_category(
-    api: FakeApi, client: httpx.AsyncClient, status: int, expected: type[CancelError]
+    api: FakeApi, client: TransportClient, status: int, expected: type[CancelError]
 ) -> None:
     api.on("POST", CANCEL, reply(status, headers={"X-Request-Id": "req-5"}))
 
@@ -422,7 +421,7 @@ async def test_each_error_status_maps_to_its_category(
     ],
 )  # fmt: skip
 async def test_every_error_body_shape_yields_code_message_and_the_whole_body(
-    api: FakeApi, client: httpx.AsyncClient, body: dict[str, Any], code: str | None, detail: str
+    api: FakeApi, client: TransportClient, body: dict[str, Any], code: str | None, detail: str
 ) -> None:
     problem = "title" in body
     content_type = "application/problem+json" if problem else "application/json"
@@ -438,7 +437,7 @@ async def test_every_error_body_shape_yields_code_message_and_the_whole_body(
 
 @pytest.mark.parametrize("body", [b"", b"<html>oops</html>", b"[1]", b'{"error": 5}', b"\xff{"])
 async def test_garbage_error_body_still_maps_by_status(
-    api: FakeApi, client: httpx.AsyncClient, body: bytes
+    api: FakeApi, client: TransportClient, body: bytes
 ) -> None:
     api.on("POST", CANCEL, reply(404, body, content_type="text/plain"))
 
@@ -449,7 +448,7 @@ async def test_garbage_error_body_still_maps_by_status(
     assert error.provider_code is None
 
 
-async def test_429_waits_for_retry_after(api: FakeApi, client: httpx.AsyncClient) -> None:
+async def test_429_waits_for_retry_after(api: FakeApi, client: TransportClient) -> None:
     body = {"error": "rate_limit_exceeded", "message": "Too many requests."}
     api.on("POST", CANCEL, reply(429, body, headers={"Retry-After": "60"}))
 
@@ -461,7 +460,7 @@ async def test_429_waits_for_retry_after(api: FakeApi, client: httpx.AsyncClient
 
 
 async def test_429_without_retry_after_waits_for_the_rate_limit_reset(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     reset = str(int(time.time()) + 30)
     headers = {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}
@@ -483,7 +482,7 @@ def conflict() -> httpx.Response:
 
 
 async def test_409_on_a_cancelled_shipment_is_already_cancelled(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("POST", TOKEN_PATH, *tokens("tok-1"))
     api.on("POST", CANCEL, conflict())
@@ -501,7 +500,7 @@ async def test_409_on_a_cancelled_shipment_is_already_cancelled(
 
 
 async def test_409_on_a_delivered_shipment_is_a_conflict_keeping_details(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("POST", CANCEL, conflict())
     api.on("GET", SHIPMENT_PATH, reply(200, shipment("DELIVERED")))
@@ -515,9 +514,7 @@ async def test_409_on_a_delivered_shipment_is_a_conflict_keeping_details(
     assert error.provider_errors == [CONFLICT_BODY]
 
 
-async def test_409_in_any_other_state_is_a_conflict(
-    api: FakeApi, client: httpx.AsyncClient
-) -> None:
+async def test_409_in_any_other_state_is_a_conflict(api: FakeApi, client: TransportClient) -> None:
     api.on("POST", CANCEL, conflict())
     api.on("GET", SHIPMENT_PATH, reply(200, shipment("IN_TRANSIT")))
 
@@ -539,7 +536,7 @@ async def test_409_in_any_other_state_is_a_conflict(
 )
 async def test_failed_confirmation_raises_the_confirmations_error(
     api: FakeApi,
-    client: httpx.AsyncClient,
+    client: TransportClient,
     answer: httpx.Response | Exception,
     expected: type[CancelError],
 ) -> None:
@@ -553,7 +550,7 @@ async def test_failed_confirmation_raises_the_confirmations_error(
 
 
 async def test_confirmation_read_also_refreshes_a_rejected_token(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("POST", TOKEN_PATH, *tokens("tok-1", "tok-2"))
     api.on("POST", CANCEL, conflict())
@@ -579,7 +576,7 @@ async def test_confirmation_read_also_refreshes_a_rejected_token(
     ],
 )
 async def test_transport_failures_are_retryable_errors(
-    api: FakeApi, client: httpx.AsyncClient, exc: Exception, expected: type[CancelError]
+    api: FakeApi, client: TransportClient, exc: Exception, expected: type[CancelError]
 ) -> None:
     api.on("POST", CANCEL, exc)
 
@@ -591,7 +588,7 @@ async def test_transport_failures_are_retryable_errors(
 
 
 async def test_secrets_echoed_by_the_token_endpoint_are_redacted(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     body = {
         "error": "invalid_client",
@@ -606,9 +603,7 @@ async def test_secrets_echoed_by_the_token_endpoint_are_redacted(
     assert "REDACTED" in error.message
 
 
-async def test_a_token_echoed_by_the_api_is_redacted(
-    api: FakeApi, client: httpx.AsyncClient
-) -> None:
+async def test_a_token_echoed_by_the_api_is_redacted(api: FakeApi, client: TransportClient) -> None:
     api.on("POST", TOKEN_PATH, *tokens("tok-one-secret", "tok-two-secret"))
     first = {"error": "unauthorized", "message": "tok-one-secret"}
     second = {"error": {"code": "unauthorized", "message": "bad tok-two-secret"}}
@@ -621,7 +616,7 @@ async def test_a_token_echoed_by_the_api_is_redacted(
 
 
 async def test_a_static_token_echoed_by_the_api_is_redacted(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("POST", CANCEL, reply(400, {"error": "bad_request", "message": STATIC_TOKEN}))
 

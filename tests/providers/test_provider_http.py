@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from consumer.errors import InternalError
+from consumer.providers.client import HttpClient, TransportClient
 from consumer.providers.http import describe, json_body, redact, request_id, send
 
 
@@ -49,10 +50,17 @@ def test_describe_leaves_json_bodies_to_the_adapters() -> None:
     assert describe(httpx.Response(400, json={"error": "x"})) == "HTTP 400 Bad Request"
 
 
-async def test_an_undecodable_body_is_an_internal_error() -> None:
+@pytest.mark.parametrize("client_type", [TransportClient, httpx.AsyncClient])
+async def test_an_undecodable_body_is_an_internal_error(client_type: type[HttpClient]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+    transport = httpx.MockTransport(handler)
+    client = (
+        TransportClient(transport)
+        if client_type is TransportClient
+        else httpx.AsyncClient(transport=transport)
+    )
+    async with client:
         with pytest.raises(InternalError, match="DecodingError"):
             await send(client, "GET", "https://x.test/", what="probe", http_timeout=1, headers={})

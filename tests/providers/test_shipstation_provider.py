@@ -21,6 +21,7 @@ from consumer.errors import (
     UnavailableError,
 )
 from consumer.providers.base import CancelOutcome, CancelRequest
+from consumer.providers.client import TransportClient
 from consumer.providers.shipstation import ShipStationProvider, ShipStationSettings
 from tests.providers.provider_fakes import STATUS_CATEGORIES, FakeApi, reply
 
@@ -38,12 +39,12 @@ def api() -> FakeApi:
 
 
 @pytest.fixture
-async def client(api: FakeApi) -> AsyncIterator[httpx.AsyncClient]:
+async def client(api: FakeApi) -> AsyncIterator[TransportClient]:
     async with api.client() as client:
         yield client
 
 
-def provider(client: httpx.AsyncClient, *, void_labels: bool = False) -> ShipStationProvider:
+def provider(client: TransportClient, *, void_labels: bool = False) -> ShipStationProvider:
     settings = ShipStationSettings(
         kind="shipstation", base_url=BASE, api_key=API_KEY, void_labels=void_labels
     )
@@ -73,7 +74,7 @@ def label(label_id: str, status: str = "completed", *, voided: bool = False) -> 
     return {"label_id": label_id, "shipment_id": SHIPMENT, "status": status, "voided": voided}
 
 
-async def failure(client: httpx.AsyncClient, **kwargs: bool) -> CancelError:
+async def failure(client: TransportClient, **kwargs: bool) -> CancelError:
     with pytest.raises(CancelError) as caught:
         await provider(client, **kwargs).cancel(REQUEST)
     return caught.value
@@ -85,7 +86,7 @@ def assert_authenticated(request: httpx.Request) -> None:
 
 
 async def test_cancel_is_a_put_with_api_key_and_idempotency_key(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("PUT", CANCEL, reply(204, headers={"X-Request-Id": "req-77"}))
 
@@ -100,7 +101,7 @@ async def test_cancel_is_a_put_with_api_key_and_idempotency_key(
     assert sent.content == b""
 
 
-async def test_any_2xx_counts_as_cancelled(api: FakeApi, client: httpx.AsyncClient) -> None:
+async def test_any_2xx_counts_as_cancelled(api: FakeApi, client: TransportClient) -> None:
     api.on("PUT", CANCEL, reply(200, {"whatever": True}))
 
     outcome = await provider(client).cancel(REQUEST)
@@ -109,7 +110,7 @@ async def test_any_2xx_counts_as_cancelled(api: FakeApi, client: httpx.AsyncClie
 
 
 async def test_shipment_id_is_sent_as_one_encoded_path_segment(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("PUT", "/v2/shipments/se/1?x=2 #/cancel", reply(204))
 
@@ -119,7 +120,7 @@ async def test_shipment_id_is_sent_as_one_encoded_path_segment(
 
 
 async def test_base_url_with_trailing_slash_builds_the_same_path(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("PUT", CANCEL, reply(204))
     settings = ShipStationSettings(kind="shipstation", base_url=f"{BASE}/", api_key=API_KEY)
@@ -129,7 +130,7 @@ async def test_base_url_with_trailing_slash_builds_the_same_path(
     assert str(api.requests[0].url) == f"{BASE}{CANCEL}"
 
 
-def test_kind_is_shipstation(client: httpx.AsyncClient) -> None:
+def test_kind_is_shipstation(client: TransportClient) -> None:
     assert provider(client).kind == "shipstation"
 
 
@@ -138,7 +139,7 @@ def test_kind_is_shipstation(client: httpx.AsyncClient) -> None:
     STATUS_CATEGORIES,
 )
 async def test_each_error_status_maps_to_its_category(
-    api: FakeApi, client: httpx.AsyncClient, status: int, expected: type[CancelError]
+    api: FakeApi, client: TransportClient, status: int, expected: type[CancelError]
 ) -> None:
     api.on("PUT", CANCEL, reply(status))
 
@@ -151,7 +152,7 @@ async def test_each_error_status_maps_to_its_category(
 
 
 async def test_error_body_is_kept_whole_with_code_and_request_id(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     body = error_body(
         "invalid_field_value",
@@ -172,7 +173,7 @@ async def test_error_body_is_kept_whole_with_code_and_request_id(
 
 
 async def test_404_with_invalid_identifier_is_not_found(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("PUT", CANCEL, reply(404, error_body("invalid_identifier")))
 
@@ -196,7 +197,7 @@ async def test_404_with_invalid_identifier_is_not_found(
 )
 async def test_error_code_refines_a_400(
     api: FakeApi,
-    client: httpx.AsyncClient,
+    client: TransportClient,
     code: str,
     error_type: str,
     expected: type[CancelError],
@@ -224,7 +225,7 @@ async def test_error_code_refines_a_400(
     ],
 )
 async def test_garbage_error_body_still_maps_by_status(
-    api: FakeApi, client: httpx.AsyncClient, body: bytes
+    api: FakeApi, client: TransportClient, body: bytes
 ) -> None:
     api.on("PUT", CANCEL, reply(400, body, content_type="text/html"))
 
@@ -238,7 +239,7 @@ async def test_garbage_error_body_still_maps_by_status(
 
 
 async def test_non_json_error_body_is_quoted_briefly_in_the_message(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("PUT", CANCEL, reply(502, b"<html>upstream down</html>" + b"x" * 5000))
 
@@ -248,7 +249,7 @@ async def test_non_json_error_body_is_quoted_briefly_in_the_message(
     assert len(error.message) < 400
 
 
-async def test_429_carries_retry_after(api: FakeApi, client: httpx.AsyncClient) -> None:
+async def test_429_carries_retry_after(api: FakeApi, client: TransportClient) -> None:
     body = error_body("rate_limit_exceeded", error_type="security")
     api.on("PUT", CANCEL, reply(429, body, headers={"Retry-After": "7"}))
 
@@ -260,7 +261,7 @@ async def test_429_carries_retry_after(api: FakeApi, client: httpx.AsyncClient) 
     assert error.provider_code == "rate_limit_exceeded"
 
 
-async def test_503_with_retry_after_keeps_the_hint(api: FakeApi, client: httpx.AsyncClient) -> None:
+async def test_503_with_retry_after_keeps_the_hint(api: FakeApi, client: TransportClient) -> None:
     api.on("PUT", CANCEL, reply(503, headers={"Retry-After": "3"}))
 
     error = await failure(client)
@@ -269,9 +270,7 @@ async def test_503_with_retry_after_keeps_the_hint(api: FakeApi, client: httpx.A
     assert error.retry_after == 3.0
 
 
-async def test_permanent_errors_carry_no_retry_after(
-    api: FakeApi, client: httpx.AsyncClient
-) -> None:
+async def test_permanent_errors_carry_no_retry_after(api: FakeApi, client: TransportClient) -> None:
     body = error_body("invalid_field_value")
     api.on("PUT", CANCEL, reply(400, body, headers={"Retry-After": "3"}))
 
@@ -282,7 +281,7 @@ async def test_permanent_errors_carry_no_retry_after(
 
 @pytest.mark.parametrize("code", ["invalid_status", "batch_cannot_be_modified"])
 async def test_state_refusal_of_a_cancelled_shipment_is_already_cancelled(
-    api: FakeApi, client: httpx.AsyncClient, code: str
+    api: FakeApi, client: TransportClient, code: str
 ) -> None:
     api.on("PUT", CANCEL, reply(400, error_body(code, error_type="business_rules")))
     api.on("GET", SHIPMENT_PATH, shipment("cancelled"))
@@ -300,7 +299,7 @@ async def test_state_refusal_of_a_cancelled_shipment_is_already_cancelled(
 
 
 async def test_undocumented_409_is_confirmed_like_a_state_refusal(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("PUT", CANCEL, reply(409))
     api.on("GET", SHIPMENT_PATH, shipment("cancelled"))
@@ -311,7 +310,7 @@ async def test_undocumented_409_is_confirmed_like_a_state_refusal(
 
 
 async def test_active_label_without_void_opt_in_is_a_conflict_keeping_details(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     body = error_body("invalid_status", error_type="business_rules")
     api.on("PUT", CANCEL, reply(400, body))
@@ -331,7 +330,7 @@ async def test_active_label_without_void_opt_in_is_a_conflict_keeping_details(
 
 @pytest.mark.parametrize("status", ["pending", "processing", None])
 async def test_state_refusal_in_another_state_is_a_conflict(
-    api: FakeApi, client: httpx.AsyncClient, status: str | None
+    api: FakeApi, client: TransportClient, status: str | None
 ) -> None:
     api.on("PUT", CANCEL, reply(400, error_body("invalid_status")))
     api.on("GET", SHIPMENT_PATH, reply(200, {"shipment_status": status}))
@@ -355,7 +354,7 @@ async def test_state_refusal_in_another_state_is_a_conflict(
 )
 async def test_failed_confirmation_raises_the_confirmations_error(
     api: FakeApi,
-    client: httpx.AsyncClient,
+    client: TransportClient,
     answer: httpx.Response | Exception,
     expected: type[CancelError],
 ) -> None:
@@ -373,7 +372,7 @@ def labels_page(*labels: dict[str, Any], page: int = 1, pages: int = 1) -> httpx
 
 
 async def test_void_opt_in_voids_active_labels_then_cancels_again(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("PUT", CANCEL, reply(400, error_body("invalid_status")), reply(204))
     api.on("GET", SHIPMENT_PATH, shipment("label_purchased"))
@@ -406,9 +405,7 @@ async def test_void_opt_in_voids_active_labels_then_cancels_again(
     assert void.headers["Idempotency-Key"] == "idem-1:void:se-1"
 
 
-async def test_void_flow_reads_every_page_of_labels(
-    api: FakeApi, client: httpx.AsyncClient
-) -> None:
+async def test_void_flow_reads_every_page_of_labels(api: FakeApi, client: TransportClient) -> None:
     api.on("PUT", CANCEL, reply(400, error_body("invalid_status")), reply(204))
     api.on("GET", SHIPMENT_PATH, shipment("label_purchased"))
     api.on(
@@ -427,9 +424,7 @@ async def test_void_flow_reads_every_page_of_labels(
     assert len(api.calls("PUT", "/v2/labels/se-2/void")) == 1
 
 
-async def test_label_already_voided_counts_as_voided(
-    api: FakeApi, client: httpx.AsyncClient
-) -> None:
+async def test_label_already_voided_counts_as_voided(api: FakeApi, client: TransportClient) -> None:
     api.on("PUT", CANCEL, reply(400, error_body("invalid_status")), reply(204))
     api.on("GET", SHIPMENT_PATH, shipment("label_purchased"))
     api.on("GET", "/v2/labels", labels_page(label("se-1")))
@@ -442,7 +437,7 @@ async def test_label_already_voided_counts_as_voided(
 
 
 async def test_refused_void_is_a_conflict_with_both_answers(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     body = error_body("invalid_status")
     api.on("PUT", CANCEL, reply(400, body))
@@ -462,7 +457,7 @@ async def test_refused_void_is_a_conflict_with_both_answers(
 
 
 async def test_failed_void_call_raises_its_mapped_error(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("PUT", CANCEL, reply(400, error_body("invalid_status")))
     api.on("GET", SHIPMENT_PATH, shipment("label_purchased"))
@@ -476,7 +471,7 @@ async def test_failed_void_call_raises_its_mapped_error(
 
 
 async def test_cancel_refused_again_after_voiding_is_a_conflict_without_a_loop(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     api.on("PUT", CANCEL, reply(400, error_body("invalid_status")))
     api.on("GET", SHIPMENT_PATH, shipment("label_purchased"))
@@ -501,7 +496,7 @@ async def test_cancel_refused_again_after_voiding_is_a_conflict_without_a_loop(
     ],
 )
 async def test_transport_failures_are_retryable_errors(
-    api: FakeApi, client: httpx.AsyncClient, exc: Exception, expected: type[CancelError]
+    api: FakeApi, client: TransportClient, exc: Exception, expected: type[CancelError]
 ) -> None:
     api.on("PUT", CANCEL, exc)
 
@@ -513,7 +508,7 @@ async def test_transport_failures_are_retryable_errors(
 
 
 async def test_api_key_echoed_by_shipstation_is_redacted(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: TransportClient
 ) -> None:
     body = error_body(
         "unauthorized",
@@ -534,7 +529,7 @@ async def test_api_key_echoed_by_shipstation_is_redacted(
 
 @pytest.mark.parametrize("answer", [reply(401), httpx.ConnectError("no route"), reply(500)])
 async def test_api_key_is_never_in_error_text(
-    api: FakeApi, client: httpx.AsyncClient, answer: httpx.Response | Exception
+    api: FakeApi, client: TransportClient, answer: httpx.Response | Exception
 ) -> None:
     api.on("PUT", CANCEL, answer)
 

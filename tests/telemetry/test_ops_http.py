@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AsyncExitStack
-from typing import Any
 
 import httpx
 import orjson
@@ -90,7 +89,7 @@ async def test_metrics_has_every_contract_series_with_its_labels(
     api.on("PUT", "/v2/shipments/se-9/cancel", reply(404, {"request_id": "r-9", "errors": []}))
     api.on("PUT", "/v2/shipments/se-5/cancel", reply(503), reply(204))
 
-    def fake_network(_account: Any) -> httpx.AsyncBaseTransport:
+    def fake_network(_base_url: str, _max_connections: int) -> httpx.AsyncBaseTransport:
         return api.transport()
 
     monkeypatch.setattr(app, "provider_transport", fake_network)

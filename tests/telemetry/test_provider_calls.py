@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +18,7 @@ from consumer.canceller import Canceller, ProviderAccount
 from consumer.config import Settings, settings_from_mapping
 from consumer.events import CancelFailed, OrderCancelled, ShipmentCancelled
 from consumer.pipeline import TraceRef
+from consumer.providers.client import TransportClient
 from consumer.providers.http import safe_url
 from consumer.providers.mvmnt import MvmntProvider, MvmntSettings
 from consumer.providers.shipstation import ShipStationProvider, ShipStationSettings
@@ -42,7 +43,7 @@ def api() -> FakeApi:
 
 
 @pytest.fixture
-async def client(api: FakeApi) -> AsyncIterator[httpx.AsyncClient]:
+async def client(api: FakeApi) -> AsyncIterator[TransportClient]:
     async with api.client() as client:
         yield client
 
@@ -61,7 +62,7 @@ def order(*shipments: tuple[str, str]) -> OrderCancelled:
 
 
 def canceller(
-    telemetry: Telemetry, client: httpx.AsyncClient, *, budget_seconds: float = 5
+    telemetry: Telemetry, client: TransportClient, *, budget_seconds: float = 5
 ) -> Canceller:
     shipstation = ShipStationProvider(
         "ss-main",
@@ -93,7 +94,7 @@ def canceller(
 
 
 async def test_each_http_call_is_a_client_span_under_the_shipment_span(
-    telemetry: Telemetry, api: FakeApi, client: httpx.AsyncClient
+    telemetry: Telemetry, api: FakeApi, client: TransportClient
 ) -> None:
     api.on(
         "POST",
@@ -129,7 +130,7 @@ async def test_each_http_call_is_a_client_span_under_the_shipment_span(
 
 
 async def test_retried_then_succeeded_marks_only_the_failed_call(
-    telemetry: Telemetry, api: FakeApi, client: httpx.AsyncClient
+    telemetry: Telemetry, api: FakeApi, client: TransportClient
 ) -> None:
     api.on(
         "PUT",
@@ -171,7 +172,7 @@ async def test_retried_then_succeeded_marks_only_the_failed_call(
 
 
 async def test_a_permanent_failure_records_the_provider_details(
-    telemetry: Telemetry, api: FakeApi, client: httpx.AsyncClient
+    telemetry: Telemetry, api: FakeApi, client: TransportClient
 ) -> None:
     api.on(
         "PUT",
@@ -216,7 +217,7 @@ async def test_a_permanent_failure_records_the_provider_details(
 
 
 async def test_a_transport_failure_names_the_exception(
-    telemetry: Telemetry, api: FakeApi, client: httpx.AsyncClient
+    telemetry: Telemetry, api: FakeApi, client: TransportClient
 ) -> None:
     api.on("PUT", "/v2/shipments/se-2/cancel", httpx.ConnectError("refused"))
     [result] = await canceller(telemetry, client).cancel_order(order(("ss-main", "se-2")), TRACE)
@@ -242,7 +243,7 @@ async def test_a_transport_failure_names_the_exception(
 
 
 async def test_a_deeply_nested_error_body_is_still_a_retryable_answer(
-    telemetry: Telemetry, api: FakeApi, client: httpx.AsyncClient
+    telemetry: Telemetry, api: FakeApi, client: TransportClient
 ) -> None:
     # Deeper than any JSON parser's recursion limit: must not escape as RecursionError.
     hostile = b'{"errors": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
@@ -261,7 +262,7 @@ async def test_a_deeply_nested_error_body_is_still_a_retryable_answer(
 
 
 async def test_a_call_cut_off_by_the_budget_is_cancelled_not_timed(
-    telemetry: Telemetry, api: FakeApi, client: httpx.AsyncClient
+    telemetry: Telemetry, api: FakeApi, client: TransportClient
 ) -> None:
     api.delay = 30  # the provider never answers within the shipment's budget
     api.on("PUT", "/v2/shipments/se-8/cancel", reply(204))
@@ -279,7 +280,7 @@ async def test_a_call_cut_off_by_the_budget_is_cancelled_not_timed(
 
 
 async def test_no_credential_reaches_a_span_or_metric(
-    telemetry: Telemetry, api: FakeApi, client: httpx.AsyncClient
+    telemetry: Telemetry, api: FakeApi, client: TransportClient
 ) -> None:
     # The provider echoes the API key back in its error (it has happened).
     api.on(
@@ -365,7 +366,7 @@ async def test_a_token_wait_is_a_span_event_not_request_time(
     """The service's own wiring (``app.open_accounts``): the account's token bucket in its
     HTTP transport, over a fake provider API."""
 
-    def fake_network(_account: Mapping[str, Any]) -> httpx.AsyncBaseTransport:
+    def fake_network(_base_url: str, _max_connections: int) -> httpx.AsyncBaseTransport:
         return api.transport()
 
     monkeypatch.setattr(app, "provider_transport", fake_network)
