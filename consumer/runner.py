@@ -61,8 +61,6 @@ from consumer.ordering import KeyOrderedScheduler
 from consumer.pipeline import InvalidRecord, TraceRef, invalid_record_result, parse_order_cancelled
 from consumer.telemetry import (
     CANCEL_OUTCOME,
-    CANCEL_PROVIDER,
-    CANCEL_SHIPMENT_ID,
     CANCELLED,
     FAILED,
     ORDER_ID,
@@ -501,16 +499,12 @@ class Runner:
             return outgoing
 
         span.set_attribute(ORDER_ID, parsed.order_id)
-        if len(parsed.shipments) == 1:
-            # The common case; with several, each shipment's own span carries these.
-            shipment = parsed.shipments[0]
-            span.set_attributes(
-                {CANCEL_PROVIDER: shipment.provider, CANCEL_SHIPMENT_ID: shipment.shipment_id}
-            )
         results = await self._canceller.cancel_order(parsed, ref)
         for result in results:
             _log_result(result)
-        _annotate_event(span, results)
+        if len(results) > 1:
+            # With one shipment this span is also the shipment's: the canceller annotated it.
+            _annotate_event(span, results)
         return [self._result_record(result, span) for result in results]
 
     def _result_record(self, result: ResultEvent, span: trace.Span) -> Outgoing:
@@ -830,10 +824,9 @@ def _log_result(result: ResultEvent) -> None:
         "trace_id": result.trace_id,
     }
     if isinstance(result, ShipmentCancelled):
-        # DEBUG: at thousands a second a line per success is most of the log, and its
-        # result event is the record; a failure needs someone's attention.
-        log.debug("shipment cancelled", extra={**fields, "outcome": result.outcome})
+        log.info("shipment cancelled", extra={**fields, "outcome": result.outcome})
     else:
+        # A shipment that stays uncancelled needs someone's attention.
         log.warning(
             "shipment cancel failed",
             extra={**fields, "category": str(result.error.category), "error": result.error.message},

@@ -61,11 +61,13 @@ async def send(
     Each call is one CLIENT span and one ``http.client.request.duration`` sample (none for
     a call abandoned on cancellation). The span always ends, whatever happens.
     """
+    if params:
+        # In the string: httpx would parse the URL a second time to merge them.
+        url = f"{url}?{urlencode(params)}"
     request = httpx.Request(
         method,
         url,
         headers={"User-Agent": USER_AGENT, **headers},
-        params=params,
         json=json,
         data=form,
         extensions={"timeout": _timeouts(http_timeout)},

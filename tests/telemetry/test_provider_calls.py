@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from consumer import app
 from consumer.canceller import Canceller, ProviderAccount
 from consumer.config import Settings, settings_from_mapping
-from consumer.events import CancelFailed, OrderCancelled, ShipmentCancelled
+from consumer.events import CancelFailed, OrderCancelled, ResultEvent, ShipmentCancelled
 from consumer.pipeline import TraceRef
 from consumer.providers.client import TransportClient
 from consumer.providers.http import safe_url
@@ -93,7 +93,19 @@ def canceller(
     )
 
 
-async def test_each_http_call_is_a_client_span_under_the_shipment_span(
+EVENT_SPAN = "process orders.cancelled"
+
+
+async def cancel_in_event(
+    cancel: Canceller, telemetry: Telemetry, event: OrderCancelled
+) -> list[ResultEvent]:
+    """As the runner calls it: inside the event's span, which with one shipment is the
+    shipment's span too."""
+    with telemetry.tracer.start_as_current_span(EVENT_SPAN):
+        return await cancel.cancel_order(event, TRACE)
+
+
+async def test_each_http_call_is_a_client_span_under_the_event_span(
     telemetry: Telemetry, api: FakeApi, client: TransportClient
 ) -> None:
     api.on(
@@ -102,10 +114,13 @@ async def test_each_http_call_is_a_client_span_under_the_shipment_span(
         reply(200, {"access_token": ISSUED_TOKEN, "token_type": "Bearer", "expires_in": 3600}),
     )
     api.on("POST", "/v1/shipments/SHP-1/cancel", reply(200, {"id": "1", "status": "CANCELED"}))
-    [result] = await canceller(telemetry, client).cancel_order(order(("mv-main", "SHP-1")), TRACE)
+    [result] = await cancel_in_event(
+        canceller(telemetry, client), telemetry, order(("mv-main", "SHP-1"))
+    )
     assert isinstance(result, ShipmentCancelled)
 
-    shipment = telemetry.one("cancel mv-main")
+    shipment = telemetry.one(EVENT_SPAN)
+    assert telemetry.names() == ["POST", "POST", EVENT_SPAN], "no span of its own: one shipment"
     token, cancel = sorted(telemetry.kind(SpanKind.CLIENT), key=lambda s: s.start_time or 0)
     assert all(s.parent and s.parent.span_id == shipment.context.span_id for s in (token, cancel))
     assert token.attributes is not None
@@ -138,7 +153,9 @@ async def test_retried_then_succeeded_marks_only_the_failed_call(
         reply(503, b"upstream down", content_type="text/plain"),
         reply(204),
     )
-    [result] = await canceller(telemetry, client).cancel_order(order(("ss-main", "se-1")), TRACE)
+    [result] = await cancel_in_event(
+        canceller(telemetry, client), telemetry, order(("ss-main", "se-1"))
+    )
     assert isinstance(result, ShipmentCancelled)
     assert result.attempts == 2
 
@@ -152,7 +169,7 @@ async def test_retried_then_succeeded_marks_only_the_failed_call(
     # The same request sent again: the second is its first resend.
     assert "http.request.resend_count" not in failed.attributes
     assert succeeded.attributes["http.request.resend_count"] == 1
-    shipment = telemetry.one("cancel ss-main")
+    shipment = telemetry.one(EVENT_SPAN)
     assert shipment.status.status_code == StatusCode.UNSET
     assert shipment.attributes is not None
     assert "error.type" not in shipment.attributes
@@ -192,7 +209,9 @@ async def test_a_permanent_failure_records_the_provider_details(
             },
         ),
     )
-    [result] = await canceller(telemetry, client).cancel_order(order(("ss-main", "se-404")), TRACE)
+    [result] = await cancel_in_event(
+        canceller(telemetry, client), telemetry, order(("ss-main", "se-404"))
+    )
     assert isinstance(result, CancelFailed)
 
     [call] = telemetry.kind(SpanKind.CLIENT)
@@ -200,7 +219,7 @@ async def test_a_permanent_failure_records_the_provider_details(
     assert call.attributes["provider.request_id"] == "req-77"
     assert call.attributes["provider.error_code"] == "not_found"
     assert call.attributes["http.response.status_code"] == 404
-    shipment = telemetry.one("cancel ss-main")
+    shipment = telemetry.one(EVENT_SPAN)
     assert shipment.status.status_code == StatusCode.ERROR
     assert shipment.status.description is not None
     assert shipment.status.description.startswith("not_found: ")
@@ -220,7 +239,9 @@ async def test_a_transport_failure_names_the_exception(
     telemetry: Telemetry, api: FakeApi, client: TransportClient
 ) -> None:
     api.on("PUT", "/v2/shipments/se-2/cancel", httpx.ConnectError("refused"))
-    [result] = await canceller(telemetry, client).cancel_order(order(("ss-main", "se-2")), TRACE)
+    [result] = await cancel_in_event(
+        canceller(telemetry, client), telemetry, order(("ss-main", "se-2"))
+    )
     assert isinstance(result, CancelFailed)
     assert result.error.category == "network"
     calls = telemetry.kind(SpanKind.CLIENT)
@@ -236,7 +257,7 @@ async def test_a_transport_failure_names_the_exception(
         2,
         3,
     ]
-    backoffs = [e for e in telemetry.one("cancel ss-main").events if e.name == "backoff"]
+    backoffs = [e for e in telemetry.one(EVENT_SPAN).events if e.name == "backoff"]
     assert len(backoffs) == 3
     # No answer, so no status code: not a made-up 0.
     assert all("http.response.status_code" not in (e.attributes or {}) for e in backoffs)
@@ -248,7 +269,9 @@ async def test_a_deeply_nested_error_body_is_still_a_retryable_answer(
     # Deeper than any JSON parser's recursion limit: must not escape as RecursionError.
     hostile = b'{"errors": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
     api.on("PUT", "/v2/shipments/se-7/cancel", reply(503, hostile), reply(204))
-    [result] = await canceller(telemetry, client).cancel_order(order(("ss-main", "se-7")), TRACE)
+    [result] = await cancel_in_event(
+        canceller(telemetry, client), telemetry, order(("ss-main", "se-7"))
+    )
     assert isinstance(result, ShipmentCancelled)
     assert result.attempts == 2
 
