@@ -89,8 +89,6 @@ async def test_run_processes_events_and_exits_cleanly_on_sigterm(
     tmp_path: Path, settings: Settings, cluster: Cluster, simulator: Simulator
 ) -> None:
     config = write_config(tmp_path, settings, simulator, settings.kafka.bootstrap_servers)
-        config.read_text().replace("[telemetry]\n", '[telemetry]\nlog_level = "DEBUG"\n')
-    )
     key = simulator.options.shipstation_api_key
     async with started_run(config, TEST_SHIPSTATION_KEY=key) as process:
         try:
