@@ -51,7 +51,9 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, fmt: str) -> None:
-    # Neither format prints thread or process names: don't look them up for every line.
+    # Neither format prints the source line, thread or process of a record: don't look
+    # them up for every line (the logging HOWTO's "Optimization" switches).
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
