@@ -9,8 +9,9 @@ the client's CPU time per request. ``aiohttp (raw)`` is the same calls without h
 
 The candidates: httpx's default transport (httpcore); the ``httpx-aiohttp`` package when
 installed (``pip install httpx-aiohttp``); ``AiohttpSessionTransport`` below, the transport
-over an aiohttp session we wrote first; and ``consumer.providers.transport.HttpTransport``,
-the one the processor uses.
+over an aiohttp session we wrote first; ``consumer.providers.transport.HttpTransport`` under
+``httpx.AsyncClient``; and the same transport under ``TransportClient``, as the processor
+sends (an ``httpx.Request`` straight to the transport, no ``AsyncClient.send``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import httpx
 import yarl
 
 from bench import procs
+from consumer.providers.client import TransportClient
 from consumer.providers.transport import HttpTransport
 
 API_KEY = "sim-shipstation-key"
@@ -58,6 +60,10 @@ def _httpx_session(limit: int) -> httpx.AsyncClient:
 
 def _httpx_ours(limit: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=HttpTransport(max_connections=limit))
+
+
+def _transport_client_ours(limit: int) -> TransportClient:
+    return TransportClient(HttpTransport(max_connections=limit))
 
 
 class AiohttpSessionTransport(httpx.AsyncBaseTransport):
@@ -109,6 +115,7 @@ def _variants() -> dict[str, Callable[[int], Any]]:
         variants["httpx + httpx-aiohttp (package)"] = _httpx_aiohttp_package
     variants["httpx + AiohttpSessionTransport"] = _httpx_session
     variants["httpx + consumer HttpTransport"] = _httpx_ours
+    variants["TransportClient + HttpTransport"] = _transport_client_ours
     variants["aiohttp (raw, no httpx)"] = _aiohttp_raw
     return variants
 
@@ -119,6 +126,20 @@ def _aiohttp_raw(limit: int) -> aiohttp.ClientSession:
 
 def _sender(client: Any, base: str) -> Send:
     headers = {"API-Key": API_KEY}
+    if isinstance(client, TransportClient):
+
+        async def send_direct(shipment: str) -> int:
+            request = httpx.Request(
+                "PUT",
+                f"{base}/shipstation/v2/shipments/{shipment}/cancel",
+                headers=headers,
+                extensions={"timeout": httpx.Timeout(10).as_dict()},
+            )
+            response = await client.send(request)
+            return response.status_code
+
+        return send_direct
+
     if isinstance(client, httpx.AsyncClient):
 
         async def send_httpx(shipment: str) -> int:
