@@ -111,8 +111,6 @@ ResultEvent = ShipmentCancelled | CancelFailed
 
 # Each id is needed twice (the call's Idempotency-Key, then the result): compute it once.
 @functools.lru_cache(maxsize=4096)
-# The request's Idempotency-Key and the result event both need it, moments apart.
-@functools.lru_cache(maxsize=1024)
 def result_event_id(source_event_id: uuid.UUID, provider: str, shipment_id: str) -> uuid.UUID:
     """Deterministic: a redelivered input yields the same result id (downstream dedupes)."""
     # A JSON array, not a joined string: provider "a" + shipment "b|c" must not collide with
