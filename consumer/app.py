@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -13,6 +12,7 @@ from contextlib import AsyncExitStack
 from consumer.canceller import Canceller, ProviderAccount
 from consumer.config import Settings
 from consumer.errors import ConfigError
+from consumer.gc_schedule import clocked_collections
 from consumer.metrics import Metrics
 from consumer.ops_http import Readiness, serve_ops
 from consumer.providers import build_provider
@@ -116,21 +116,5 @@ async def run_until_signalled(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, request_stop, sig.name)
-    tune_gc()
-    await run_service(settings, stop, ops_http=settings.telemetry.http_enabled)
-
-
-def tune_gc() -> None:
-    """Cheaper garbage collection (README "Performance" has the measurements).
-
-    With CPython's defaults the collector took about a quarter of the processor's CPU and
-    paused it for up to 150 ms at a time, mostly re-scanning objects that live as long as
-    the process. Per-event objects die by reference counting (``providers.http.send``
-    breaks the one cycle httpx leaves per response), so collections find little garbage.
-    """
-    # Modules, settings and clients live until exit: keep them out of every collection.
-    gc.freeze()
-    # Each event allocates hundreds of objects: at the default 700 the youngest generation
-    # was collected thousands of times a run. Full collections stay frequent enough to keep
-    # memory flat under a backlog (a rarer schedule let it grow by 100 MB).
-    gc.set_threshold(10_000, 20, 10)
+    async with clocked_collections():
+        await run_service(settings, stop, ops_http=settings.telemetry.http_enabled)

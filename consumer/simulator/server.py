@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from consumer.gc_schedule import clocked_collections
 from consumer.simulator.admin import PREFIX as ADMIN_PREFIX
 from consumer.simulator.admin import AdminApi, admin_error, is_loopback
 from consumer.simulator.context import SimulatorContext
@@ -245,8 +246,13 @@ class Simulator:
 
 
 async def serve_forever(options: SimulatorOptions) -> None:
-    """Run until cancelled (the caller's Ctrl-C / SIGTERM handling), then stop cleanly."""
-    async with Simulator(options) as simulator:
+    """Run until cancelled (the caller's Ctrl-C / SIGTERM handling), then stop cleanly.
+
+    Collections run on a clock, as in the processor: under load the allocation-driven
+    ones paused the simulator for up to 100 ms (its shipment state only grows), and a
+    load test would count that as provider latency.
+    """
+    async with clocked_collections(), Simulator(options) as simulator:
         logger.info(
             "provider simulator listening: shipstation=%s mvmnt=%s mvmnt_token=%s admin=%s",
             simulator.shipstation_base_url,

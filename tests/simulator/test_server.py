@@ -6,26 +6,19 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
 
 from consumer.simulator import Simulator, SimulatorOptions, serve_forever
 from consumer.simulator.admin import is_loopback
+from tests.polling import eventually
 
 from .helpers import SHIPSTATION_AUTH, StartSimulator, mvmnt_token
 
 
 def ss_cancel(simulator: Simulator, shipment_id: str) -> str:
     return f"{simulator.shipstation_base_url}/v2/shipments/{shipment_id}/cancel"
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_hanging_call_is_cancelled_when_the_client_gives_up(
