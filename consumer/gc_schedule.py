@@ -4,7 +4,7 @@ A processed event leaves no cyclic garbage: its objects die by reference countin
 (``providers.http.send`` breaks the one cycle httpx leaves per response). CPython's
 collector still runs every few thousand allocations, and then traverses what is alive at
 that moment, the in-flight events, only to find nothing. That cost a tenth of the
-processor's CPU and paused it for 4-60 ms, several times a second. Collecting once a
+processor's CPU and paused it for 4-50 ms, several times a second. Collecting once a
 second costs the same pause about once a second, and frees any cycle that does appear
 (an exception kept with its traceback, say) within a second of it becoming garbage.
 """

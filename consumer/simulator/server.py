@@ -249,7 +249,7 @@ async def serve_forever(options: SimulatorOptions) -> None:
     """Run until cancelled (the caller's Ctrl-C / SIGTERM handling), then stop cleanly.
 
     Collections run on a clock, as in the processor: under load the allocation-driven
-    ones paused the simulator for up to 100 ms (its shipment state only grows), and a
+    ones paused the simulator for up to 110 ms (its shipment state only grows), and a
     load test would count that as provider latency.
     """
     async with clocked_collections(), Simulator(options) as simulator:
