@@ -300,7 +300,8 @@ class MvmntProvider:
             return await send(
                 self._client,
                 method,
-                self._base_url + path,
+                self._base_url,
+                path=path,
                 what=f"mvmnt {what}",
                 http_timeout=self._settings.timeout_seconds,
                 headers={**headers, "Authorization": f"Bearer {token}"},

@@ -280,7 +280,8 @@ class ShipStationProvider:
         return await send(
             self._client,
             method,
-            self._base_url + path,
+            self._base_url,
+            path=path,
             what=f"shipstation {what}",
             http_timeout=self._settings.timeout_seconds,
             headers=headers,

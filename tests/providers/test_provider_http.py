@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import httpx
 import pytest
 
 from consumer.errors import InternalError
 from consumer.providers.client import HttpClient, TransportClient
-from consumer.providers.http import describe, json_body, redact, request_id, send
+from consumer.providers.http import (
+    describe,
+    json_body,
+    path_segment,
+    redact,
+    request_id,
+    request_url,
+    send,
+)
 
 
 def test_redact_replaces_secrets_anywhere_in_nested_values() -> None:
@@ -22,6 +32,34 @@ def test_redact_replaces_secrets_anywhere_in_nested_values() -> None:
 
 def test_redact_without_secrets_returns_the_value() -> None:
     assert redact("text", [""]) == "text"
+
+
+@pytest.mark.parametrize(
+    ("base", "path", "params"),
+    [
+        ("https://api.example.test/v1", "/shipments/SHP-1/cancel", {"by": "id"}),
+        ("https://api.example.test/v1/", "", None),
+        ("http://127.0.0.1:8080/mvmnt/v1", f"/shipments/{path_segment('a/b?c#d é%')}", None),
+        ("https://user:pw@API.Example.test:443/v2", "/x", {"q": "a b&c=é", "api_key": "k"}),
+        ("https://api.example.test/v1?tenant=7", "/x", {"by": "key"}),
+        ("https://api.example.test/v1", "/not encoded é", {"by": "id"}),
+        ("https://xn--bcher-kva.example/v1", "/x#frag", None),
+    ],
+)
+def test_request_url_is_the_url_httpx_parses_from_the_whole_string(
+    base: str, path: str, params: dict[str, str] | None
+) -> None:
+    whole = httpx.URL(f"{base}{path}?{urlencode(params)}" if params else f"{base}{path}")
+
+    built = request_url(base, path, params)
+
+    assert built == whole
+    assert (str(built), built.raw_path, built.host, built.port) == (
+        str(whole),
+        whole.raw_path,
+        whole.host,
+        whole.port,
+    )
 
 
 @pytest.mark.parametrize(
