@@ -64,6 +64,7 @@ from consumer.telemetry import (
     CANCELLED,
     FAILED,
     ORDER_ID,
+    ActiveSpan,
     annotate_failure,
     extract_context,
     inject_headers,
@@ -456,13 +457,14 @@ class Runner:
             attributes[MESSAGING_KAFKA_MESSAGE_TOMBSTONE] = True
         parent = extract_context(record.headers)
         upstream = trace.get_current_span(parent).get_span_context()
-        with self._tracer.start_as_current_span(
+        consumer_span = self._tracer.start_span(
             f"process {tp.topic}",
             context=parent,
             kind=SpanKind.CONSUMER,
             attributes=attributes,
             links=(Link(upstream),) if upstream.is_valid else (),
-        ) as span:
+        )
+        with ActiveSpan(consumer_span) as span:
             ref = TraceRef(*trace_ids(span))
             try:
                 outgoing = await self._outgoing_for(tp, record, parsed, span, ref)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
@@ -209,6 +210,36 @@ def inject_headers(span: trace.Span) -> list[tuple[str, bytes]]:
     if context.trace_state:
         headers.append((h.TRACESTATE, context.trace_state.to_header().encode("ascii")))
     return headers
+
+
+class ActiveSpan:
+    """``with ActiveSpan(tracer.start_span(...)) as span:`` is ``start_as_current_span``:
+    the span is current inside the block, an ``Exception`` leaving it is recorded and sets
+    the status to ERROR, and the span ends on the way out.
+
+    The SDK's version nests two generator context managers, about 12 µs per span: a
+    quarter of a span's cost, paid for every event.
+    """
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> trace.Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        span = self._span
+        otel_context.detach(self._token)
+        # As the SDK: only an Exception is an error; CancelledError and the like are not.
+        if isinstance(exc, Exception) and span.is_recording():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        span.end()
 
 
 def trace_ids(span: trace.Span) -> tuple[str, str]:
