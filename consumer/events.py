@@ -129,4 +129,6 @@ def utc_now() -> datetime:
 
 
 def dump_event(event: BaseModel) -> bytes:
-    return orjson.dumps(event.model_dump(mode="json"))
+    """The event as compact UTF-8 JSON, straight from pydantic's serializer: the same bytes
+    as ``model_dump_json``, without building a dict of it first or decoding to ``str``."""
+    return event.__pydantic_serializer__.to_json(event)

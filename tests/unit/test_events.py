@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -233,6 +234,25 @@ def test_dump_event_writes_every_field_in_wire_form() -> None:
         {"error_code": "invalid_status", "field_name": "shipment_id"}
     ]
     assert set(wire) == set(CancelFailed.model_fields)
+
+
+def test_dump_event_is_compact_utf8_json_keeping_provider_details_as_they_came() -> None:
+    details = [{"détail": "étiquette active — 标签", "n": 1.5, "big": 2**70, "x": [None, True]}]
+    event = failed(
+        error=ErrorDetail(
+            category=ErrorCategory.CONFLICT,
+            retryable=False,
+            message="refusé",
+            provider_errors=details,
+        )
+    )
+
+    raw = dump_event(event)
+
+    assert "refusé".encode() in raw  # UTF-8 as is, not \u escapes
+    assert b", " not in raw
+    assert b'": ' not in raw
+    assert json.loads(raw)["error"]["provider_errors"] == details
 
 
 def test_shipment_cancelled_wire_form_matches_the_design_example() -> None:
