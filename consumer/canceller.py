@@ -225,9 +225,8 @@ def _span_ref(trace: TraceRef, span: Span) -> TraceRef:
 def _annotate(span: Span, result: ResultEvent) -> None:
     if not span.is_recording():
         return
-    span.set_attribute(CANCEL_ATTEMPTS, result.attempts)
     if isinstance(result, CancelFailed):
-        span.set_attribute(CANCEL_OUTCOME, FAILED)
+        span.set_attributes({CANCEL_ATTEMPTS: result.attempts, CANCEL_OUTCOME: FAILED})
         annotate_failure(span, result.error)
     else:
-        span.set_attribute(CANCEL_OUTCOME, result.outcome)
+        span.set_attributes({CANCEL_ATTEMPTS: result.attempts, CANCEL_OUTCOME: result.outcome})

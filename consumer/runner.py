@@ -455,6 +455,8 @@ class Runner:
             attributes[MESSAGING_KAFKA_MESSAGE_KEY] = record.key.decode("utf-8", "replace")
         if record.value is None:
             attributes[MESSAGING_KAFKA_MESSAGE_TOMBSTONE] = True
+        if isinstance(parsed, OrderCancelled):
+            attributes[ORDER_ID] = parsed.order_id
         parent = extract_context(record.headers)
         upstream = trace.get_current_span(parent).get_span_context()
         consumer_span = self._tracer.start_span(
@@ -511,7 +513,6 @@ class Runner:
                 outgoing.append(self._result_record(failed, span))
             return outgoing
 
-        span.set_attribute(ORDER_ID, parsed.order_id)
         results = await self._canceller.cancel_order(parsed, ref)
         for result in results:
             _log_result(result)
