@@ -13,6 +13,7 @@ from consumer.canceller import Canceller, ProviderAccount
 from consumer.config import Settings
 from consumer.errors import ConfigError
 from consumer.gc_schedule import clocked_collections
+from consumer.logs import flushing_logs
 from consumer.metrics import Metrics
 from consumer.ops_http import Readiness, serve_ops
 from consumer.providers import build_provider
@@ -116,5 +117,5 @@ async def run_until_signalled(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, request_stop, sig.name)
-    async with clocked_collections():
+    async with clocked_collections(), flushing_logs():
         await run_service(settings, stop, ops_http=settings.telemetry.http_enabled)

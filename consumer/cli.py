@@ -192,7 +192,7 @@ def _run(config_path: str | None) -> int:
     if not settings.providers:
         print(f"error: {config_path}: providers: no provider account configured", file=sys.stderr)
         return 2
-    configure_logging(settings.telemetry.log_level, settings.telemetry.log_format)
+    configure_logging(settings.telemetry.log_level, settings.telemetry.log_format, buffered=True)
     try:
         asyncio.run(run_until_signalled(settings))
     except ConfigError as exc:  # found at start-up, e.g. the ops HTTP port is taken

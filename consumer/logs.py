@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from opentelemetry import trace
@@ -50,14 +53,81 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(level: str, fmt: str) -> None:
+# ``run`` writes its lines through a buffer: WARNING and above at once, the rest at least
+# this often (``flushing_logs``) and whenever the buffer fills.
+FLUSH_SECONDS = 0.5
+_BUFFER_BYTES = 64 * 1024
+
+
+class BufferedStreamHandler(logging.StreamHandler[TextIO]):
+    """A ``StreamHandler`` that leaves lines below WARNING in the stream's buffer.
+
+    A plain handler writes and flushes every line: a system call per result event, about
+    17 µs of the processor's half millisecond per event at thousands of lines a second.
+    Lines wait at most ``FLUSH_SECONDS`` while ``flushing_logs`` runs; a warning or an
+    error flushes everything before it, so nothing an operator must see is held back.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING:
+                self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+def _buffered_stderr() -> TextIO | None:
+    """Standard error's file descriptor behind a buffer of our own (``sys.stderr`` flushes
+    at every line), or ``None`` when there is no descriptor (stderr replaced in-process)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return open(
+        fd, "w", buffering=_BUFFER_BYTES, encoding="utf-8", errors="backslashreplace", closefd=False
+    )
+
+
+@contextlib.asynccontextmanager
+async def flushing_logs(period: float = FLUSH_SECONDS) -> AsyncIterator[None]:
+    """Flush every log handler each ``period`` seconds while the block runs, and at its end."""
+
+    async def flush_every() -> None:
+        while True:
+            await asyncio.sleep(period)
+            _flush_handlers()
+
+    task = asyncio.create_task(flush_every())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        _flush_handlers()
+
+
+def _flush_handlers() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+def configure_logging(level: str, fmt: str, *, buffered: bool = False) -> None:
+    """One handler on the root logger, to standard error; ``buffered`` (for ``run``, which
+    runs ``flushing_logs``): see ``BufferedStreamHandler``."""
     # Neither format prints the source line, thread or process of a record: don't look
     # them up for every line (the logging HOWTO's "Optimization" switches).
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    stream = _buffered_stderr() if buffered else None
+    handler: logging.Handler = (
+        logging.StreamHandler(sys.stderr) if stream is None else BufferedStreamHandler(stream)
+    )
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
