@@ -73,7 +73,7 @@ def events(count: int, orders: int, prefix: str) -> Iterator[tuple[bytes, bytes,
         yield order_id.encode(), value, event_id
 
 
-def _traceparent() -> bytes:
+def traceparent() -> bytes:
     # An ERP-side trace, as a traced producer would send it; the processor continues it.
     return f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01".encode()
 
@@ -110,7 +110,7 @@ async def preload(
                     kafka.input_topic,
                     value,
                     key=key,
-                    headers=[(h.TRACEPARENT, _traceparent())],
+                    headers=[(h.TRACEPARENT, traceparent())],
                 )
             )
             if len(pending) >= 5000:
@@ -147,7 +147,7 @@ async def paced(
                         kafka.input_topic,
                         value,
                         key=key,
-                        headers=[(h.TRACEPARENT, _traceparent())],
+                        headers=[(h.TRACEPARENT, traceparent())],
                         timestamp_ms=int(now_ms),
                     )
                 )
