@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from bench import load, run
+from bench import inprocess, load, run
 from consumer.config import settings_from_mapping
 
 
@@ -99,3 +99,12 @@ def test_the_table_has_a_row_per_scenario() -> None:
     assert table.splitlines()[2] == (
         "| latency-50ms | 1600 | 60.0 | 70.0 | 20.0 | 120 | 18.0 | 88.9x |"
     )
+
+
+async def test_the_in_process_run_handles_every_event_and_reports_cpu_per_event(
+    tmp_path: Path,
+) -> None:
+    per_event = await inprocess.one_run(200, tracing=True, workdir=tmp_path)
+
+    # run_until returned only once every event had its result; the figure is per event.
+    assert 0 < per_event < 0.1
