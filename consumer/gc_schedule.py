@@ -11,10 +11,11 @@ second costs the same pause about once a second, and frees any cycle that does a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator
+
+from consumer.periodic import every
 
 PERIOD_SECONDS = 1.0
 # Every Nth tick collects the middle generation, every Mth all of them: older objects are
@@ -41,25 +42,18 @@ async def clocked_collections(
     previous = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(_SAFETY_NET_ALLOCATIONS, *previous[1:])
-    task = asyncio.create_task(_collect_every(period, middle_every, full_every))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        gc.set_threshold(*previous)
-        gc.unfreeze()
 
-
-async def _collect_every(period: float, middle_every: int, full_every: int) -> None:
-    ticks = 0
-    while True:
-        await asyncio.sleep(period)
-        ticks += 1
-        if ticks % full_every == 0:
+    def collect(tick: int) -> None:
+        if tick % full_every == 0:
             gc.collect(2)
-        elif ticks % middle_every == 0:
+        elif tick % middle_every == 0:
             gc.collect(1)
         else:
             gc.collect(0)
+
+    try:
+        async with every(period, collect):
+            yield
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sys
@@ -12,6 +11,8 @@ from typing import Any, TextIO
 
 import orjson
 from opentelemetry import trace
+
+from consumer.periodic import every
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -94,19 +95,10 @@ def _buffered_stderr() -> TextIO | None:
 @contextlib.asynccontextmanager
 async def flushing_logs(period: float = FLUSH_SECONDS) -> AsyncIterator[None]:
     """Flush every log handler each ``period`` seconds while the block runs, and at its end."""
-
-    async def flush_every() -> None:
-        while True:
-            await asyncio.sleep(period)
-            _flush_handlers()
-
-    task = asyncio.create_task(flush_every())
     try:
-        yield
+        async with every(period, lambda _: _flush_handlers()):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         _flush_handlers()
 
 
