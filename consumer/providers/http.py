@@ -41,8 +41,8 @@ _MAX_ID_CHARS = 128
 
 
 # What a path or query may hold as it is: RFC 3986's unreserved and sub-delimiter
-# characters, ``:@/?`` and percent-escapes (what ``quote`` and ``urlencode`` produce).
-_ENCODED = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+# characters, ``:@/`` and percent-escapes (what ``quote`` and ``urlencode`` produce).
+_ENCODED = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
 
 
 def path_segment(value: str) -> str:

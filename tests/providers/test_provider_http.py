@@ -44,6 +44,8 @@ def test_redact_without_secrets_returns_the_value() -> None:
         ("https://api.example.test/v1?tenant=7", "/x", {"by": "key"}),
         ("https://api.example.test/v1", "/not encoded é", {"by": "id"}),
         ("https://xn--bcher-kva.example/v1", "/x#frag", None),
+        ("https://api.example.test/v1", "/x?by=key", None),
+        ("https://api.example.test/v1", "/100%zz/%41", {"by": "id"}),
     ],
 )
 def test_request_url_is_the_url_httpx_parses_from_the_whole_string(
@@ -54,9 +56,11 @@ def test_request_url_is_the_url_httpx_parses_from_the_whole_string(
     built = request_url(base, path, params)
 
     assert built == whole
-    assert (str(built), built.raw_path, built.host, built.port) == (
+    assert (str(built), built.raw_path, built.path, built.query, built.host, built.port) == (
         str(whole),
         whole.raw_path,
+        whole.path,
+        whole.query,
         whole.host,
         whole.port,
     )
