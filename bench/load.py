@@ -78,6 +78,24 @@ def traceparent() -> bytes:
     return f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01".encode()
 
 
+async def send_event(
+    client: AIOKafkaProducer,
+    kafka: KafkaSettings,
+    key: bytes,
+    value: bytes,
+    timestamp_ms: int | None = None,
+) -> asyncio.Future[object]:
+    """Queue one input event with an ERP-side ``traceparent``; returns its ack future."""
+    ack: asyncio.Future[object] = await client.send(
+        kafka.input_topic,
+        value,
+        key=key,
+        headers=[(h.TRACEPARENT, traceparent())],
+        timestamp_ms=timestamp_ms,
+    )
+    return ack
+
+
 @contextlib.asynccontextmanager
 async def producer(kafka: KafkaSettings, linger_ms: int = 5) -> AsyncIterator[AIOKafkaProducer]:
     client = AIOKafkaProducer(
@@ -105,14 +123,7 @@ async def preload(
         for key, value, event_id in events(count, orders, prefix):
             if keep:
                 sent[event_id] = time.time() * 1000
-            pending.append(
-                await client.send(
-                    kafka.input_topic,
-                    value,
-                    key=key,
-                    headers=[(h.TRACEPARENT, traceparent())],
-                )
-            )
+            pending.append(await send_event(client, kafka, key, value))
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -142,15 +153,7 @@ async def paced(
             ):
                 now_ms = time.time() * 1000
                 sent[event_id] = now_ms
-                pending.append(
-                    await client.send(
-                        kafka.input_topic,
-                        value,
-                        key=key,
-                        headers=[(h.TRACEPARENT, traceparent())],
-                        timestamp_ms=int(now_ms),
-                    )
-                )
+                pending.append(await send_event(client, kafka, key, value, int(now_ms)))
             await asyncio.sleep(tick)
         await asyncio.gather(*pending)
     return sent
