@@ -32,6 +32,7 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 import httpx
 
@@ -255,8 +256,8 @@ class _Connection(asyncio.Protocol):
     # asyncio callbacks -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport; uvloop's implement the interface without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True

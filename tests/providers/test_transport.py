@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -228,6 +229,23 @@ async def test_connections_are_kept_alive_between_calls(server: tuple[Server, st
             await http.get(f"{base}/echo")
 
     assert len(set(state.peers)) == 1
+
+
+def test_calls_run_on_uvloop_whose_transports_do_not_subclass_asyncios() -> None:
+    async def calls() -> tuple[list[int], int]:
+        state = Server()
+        test_server = TestServer(state.app, host="127.0.0.1")
+        await test_server.start_server()
+        try:
+            async with client() as http:
+                codes = [(await http.get(f"{test_server.make_url('/echo')}")).status_code]
+                codes.append((await http.post(f"{test_server.make_url('/echo')}")).status_code)
+        finally:
+            await test_server.close()
+        return codes, len(set(state.peers))
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(calls()) == ([200, 200], 1)
 
 
 async def test_idle_connections_expire(server: tuple[Server, str]) -> None:
