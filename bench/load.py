@@ -238,6 +238,22 @@ class Collector:
             if batches:
                 results.arrived.set()
 
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """No fetching of results inside the block; they are read after it.
+
+        The embedded broker finds a fetch's offset by walking the partition's stored
+        batches: a fetch at the tail of 2,000 batches took 2.3 ms, of 10,000 12 ms. The
+        results' own timestamps give the latencies, so reading them while the load is
+        paced only loaded the broker, more every second, on the cores the processor uses.
+        """
+        partitions = self._consumer.assignment()
+        self._consumer.pause(*partitions)
+        try:
+            yield
+        finally:
+            self._consumer.resume(*partitions)
+
     async def first_result(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not self.results.at:

@@ -365,9 +365,10 @@ class Bench:
                         + ", ".join(f"{k} {v:.3f}" for k, v in cpu_ms.items()),
                         flush=True,
                     )
-                    offered = await load.paced(
-                        kafka, plan.offered_rate, plan.paced_seconds, plan.orders, f"{name}-b"
-                    )
+                    async with collector.paused():
+                        offered = await load.paced(
+                            kafka, plan.offered_rate, plan.paced_seconds, plan.orders, f"{name}-b"
+                        )
                     if not await collector.wait_for(offered, timeout=120):
                         raise RuntimeError(f"{name}: paced results missing, see {processor.log}")
                     steady = load.measure(offered, collector.results)
