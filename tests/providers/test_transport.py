@@ -236,10 +236,10 @@ def test_calls_run_on_uvloop_whose_transports_do_not_subclass_asyncios() -> None
         state = Server()
         test_server = TestServer(state.app, host="127.0.0.1")
         await test_server.start_server()
+        url = str(test_server.make_url("/echo"))
         try:
             async with client() as http:
-                codes = [(await http.get(f"{test_server.make_url('/echo')}")).status_code]
-                codes.append((await http.post(f"{test_server.make_url('/echo')}")).status_code)
+                codes = [(await http.get(url)).status_code, (await http.post(url)).status_code]
         finally:
             await test_server.close()
         return codes, len(set(state.peers))
