@@ -34,11 +34,9 @@ from bench import load
 from bench.processor import DropSpans
 from bench.run import write_config
 from consumer import app
-from consumer.canceller import Canceller
 from consumer.config import load_settings
 from consumer.gc_schedule import clocked_collections
 from consumer.metrics import Metrics
-from consumer.runner import Runner
 from consumer.telemetry import build_meter_provider, build_tracer_provider
 from tests.telemetry.fake_kafka import FakeConsumer, RecordingProducer, clients, record, run_until
 
@@ -83,17 +81,12 @@ async def one_run(events: int, tracing: bool, workdir: Path) -> float:
     app.provider_transport = instant_transport  # type: ignore[attr-defined]
     try:
         async with AsyncExitStack() as stack, clocked_collections():
-            accounts = await app.open_accounts(settings, stack)
-            canceller = Canceller(
-                accounts, app.retry_policy(settings), tracer=tracer, metrics=metrics
-            )
             producer = RecordingProducer()
-            runner = Runner(
-                settings.kafka,
-                settings.processing,
-                canceller,
+            runner = await app.build_runner(
+                settings,
+                stack,
                 tracer,
-                metrics=metrics,
+                metrics,
                 clients=clients(FakeConsumer(partition, records), producer),
             )
             started = time.process_time()

@@ -9,6 +9,8 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
+from opentelemetry.trace import Tracer
+
 from consumer.canceller import Canceller, ProviderAccount
 from consumer.config import Settings
 from consumer.errors import ConfigError
@@ -20,7 +22,7 @@ from consumer.providers import build_provider
 from consumer.providers.client import TransportClient, provider_transport
 from consumer.providers.ratelimit import rate_limited
 from consumer.retry import AccountGate, RetryPolicy
-from consumer.runner import Runner
+from consumer.runner import KafkaClients, Runner
 from consumer.telemetry import build_meter_provider, build_tracer_provider, record_token_wait
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,24 @@ async def open_accounts(settings: Settings, stack: AsyncExitStack) -> dict[str, 
     return accounts
 
 
+async def build_runner(
+    settings: Settings,
+    stack: AsyncExitStack,
+    tracer: Tracer,
+    metrics: Metrics,
+    *,
+    clients: KafkaClients | None = None,
+) -> Runner:
+    """The runner over the configured accounts (opened on ``stack``); ``clients`` replaces
+    aiokafka's clients (the in-process bench and tests)."""
+    canceller = Canceller(
+        await open_accounts(settings, stack), retry_policy(settings), tracer=tracer, metrics=metrics
+    )
+    return Runner(
+        settings.kafka, settings.processing, canceller, tracer, metrics=metrics, clients=clients
+    )
+
+
 async def run_service(settings: Settings, stop: asyncio.Event, *, ops_http: bool = False) -> None:
     """Run the processor until ``stop`` is set; then drain and release everything.
 
@@ -78,9 +98,7 @@ async def run_service(settings: Settings, stop: asyncio.Event, *, ops_http: bool
         async with AsyncExitStack() as stack:
             if ops_http:
                 await stack.enter_async_context(_ops_server(settings, readiness))
-            accounts = await open_accounts(settings, stack)
-            canceller = Canceller(accounts, retry_policy(settings), tracer=tracer, metrics=metrics)
-            runner = Runner(settings.kafka, settings.processing, canceller, tracer, metrics=metrics)
+            runner = await build_runner(settings, stack, tracer, metrics)
             await runner.run(stop)
     finally:
         meter_provider.shutdown()

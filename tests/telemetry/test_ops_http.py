@@ -15,11 +15,9 @@ from aiokafka import TopicPartition
 from opentelemetry.sdk.trace import TracerProvider
 
 from consumer import app
-from consumer.canceller import Canceller
 from consumer.config import TelemetrySettings, settings_from_mapping
 from consumer.metrics import Metrics
 from consumer.ops_http import add_ops_routes, serve_ops
-from consumer.runner import Runner
 from consumer.telemetry import build_meter_provider
 from tests.providers.provider_fakes import FakeApi, reply
 from tests.telemetry.fake_kafka import FakeConsumer, RecordingProducer, clients, record, run_until
@@ -120,19 +118,8 @@ async def test_metrics_has_every_contract_series_with_its_labels(
     producer = RecordingProducer()
     tracer = TracerProvider().get_tracer("test")
     async with AsyncExitStack() as stack:
-        canceller = Canceller(
-            await app.open_accounts(settings, stack),
-            app.retry_policy(settings),
-            tracer=tracer,
-            metrics=metrics,
-        )
-        runner = Runner(
-            settings.kafka,
-            settings.processing,
-            canceller,
-            tracer,
-            metrics=metrics,
-            clients=clients(consumer, producer),
+        runner = await app.build_runner(
+            settings, stack, tracer, metrics, clients=clients(consumer, producer)
         )
         # Until every output is acknowledged and the lag of the partition was measured.
         await run_until(runner, lambda: len(producer.sent) == 4 and bool(runner.lag()))
