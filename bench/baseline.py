@@ -36,6 +36,7 @@ from consumer.pipeline import (
     cancelled_result,
     failed_result,
     parse_order_cancelled,
+    shipment_result_id,
 )
 from consumer.providers import build_provider
 
@@ -73,12 +74,14 @@ async def run(config: str, seconds: float, max_events: int) -> dict[str, float]:
                 trace = TraceRef(uuid.uuid4().hex, uuid.uuid4().hex[:16])
                 for shipment in event.shipments:
                     provider = providers[shipment.provider]
+                    result_id = shipment_result_id(event, shipment)
                     try:
-                        outcome = await provider.cancel(cancel_request(event, shipment))
+                        outcome = await provider.cancel(cancel_request(event, shipment, result_id))
                     except CancelError as exc:
                         result: ResultEvent = failed_result(
                             event,
                             shipment,
+                            result_id=result_id,
                             provider_kind=provider.kind,
                             error=exc,
                             attempts=1,
@@ -89,6 +92,7 @@ async def run(config: str, seconds: float, max_events: int) -> dict[str, float]:
                         result = cancelled_result(
                             event,
                             shipment,
+                            result_id=result_id,
                             provider_kind=provider.kind,
                             outcome=outcome,
                             attempts=1,

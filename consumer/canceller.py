@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,13 @@ from opentelemetry.trace import NoOpTracer, Span, Tracer, get_current_span
 from consumer.errors import CancelError, InternalError, UnknownProviderError
 from consumer.events import CancelFailed, OrderCancelled, ResultEvent, ShipmentRef, utc_now
 from consumer.metrics import Metrics
-from consumer.pipeline import TraceRef, cancel_request, cancelled_result, failed_result
+from consumer.pipeline import (
+    TraceRef,
+    cancel_request,
+    cancelled_result,
+    failed_result,
+    shipment_result_id,
+)
 from consumer.providers.base import Provider
 from consumer.retry import AccountGate, Attempted, RetryPolicy, cancel_with_retries
 from consumer.telemetry import (
@@ -127,6 +134,7 @@ class Canceller:
         return failed_result(
             event,
             shipment,
+            result_id=shipment_result_id(event, shipment),
             provider_kind=None,
             error=error,
             attempts=0,
@@ -142,7 +150,8 @@ class Canceller:
         trace: TraceRef,
         span: Span,
     ) -> ResultEvent:
-        request = cancel_request(event, shipment)
+        result_id = shipment_result_id(event, shipment)
+        request = cancel_request(event, shipment, result_id)
         retry_attributes = self._metrics.retry_attributes
 
         def log_retry(exc: CancelError, wait: float) -> None:
@@ -177,7 +186,7 @@ class Canceller:
         except Exception as exc:  # a bug in an adapter must not kill the event's partition
             log.exception("provider adapter failed", extra={"order_id": event.order_id})
             attempted = Attempted(1, error=InternalError(f"adapter error: {type(exc).__name__}"))
-        return self._result(event, shipment, account.kind, attempted, _Refs(trace, span))
+        return self._result(event, shipment, account.kind, attempted, _Refs(result_id, trace, span))
 
     def _result(
         self,
@@ -192,6 +201,7 @@ class Canceller:
             return cancelled_result(
                 event,
                 shipment,
+                result_id=refs.result_id,
                 provider_kind=kind,
                 outcome=attempted.outcome,
                 attempts=attempted.attempts,
@@ -202,6 +212,7 @@ class Canceller:
         return failed_result(
             event,
             shipment,
+            result_id=refs.result_id,
             provider_kind=kind,
             error=attempted.error,
             attempts=attempted.attempts,
@@ -212,6 +223,7 @@ class Canceller:
 
 @dataclass(frozen=True, slots=True)
 class _Refs:
+    result_id: uuid.UUID
     trace: TraceRef
     span: Span
 

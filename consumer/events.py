@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -109,8 +108,6 @@ class CancelFailed(_Result):
 ResultEvent = ShipmentCancelled | CancelFailed
 
 
-# Each id is needed twice (the call's Idempotency-Key, then the result): compute it once.
-@functools.lru_cache(maxsize=4096)
 def result_event_id(source_event_id: uuid.UUID, provider: str, shipment_id: str) -> uuid.UUID:
     """Deterministic: a redelivered input yields the same result id (downstream dedupes)."""
     # A JSON array, not a joined string: provider "a" + shipment "b|c" must not collide with

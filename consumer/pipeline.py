@@ -99,12 +99,21 @@ def truncate(message: str, limit: int = _MAX_ERROR_MESSAGE) -> str:
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
-def cancel_request(event: OrderCancelled, shipment: ShipmentRef) -> CancelRequest:
+def shipment_result_id(event: OrderCancelled, shipment: ShipmentRef) -> uuid.UUID:
+    """The id of the shipment's result event; also its calls' ``Idempotency-Key``.
+
+    Computed once per shipment and handed to both: a cache of ids would keep thousands of
+    objects alive for every garbage collection to traverse (README "Performance").
+    """
+    return result_event_id(event.event_id, shipment.provider, shipment.shipment_id)
+
+
+def cancel_request(
+    event: OrderCancelled, shipment: ShipmentRef, result_id: uuid.UUID
+) -> CancelRequest:
     return CancelRequest(
         shipment_id=shipment.shipment_id,
-        idempotency_key=str(
-            result_event_id(event.event_id, shipment.provider, shipment.shipment_id)
-        ),
+        idempotency_key=str(result_id),
         reason=event.reason,
         lookup=shipment.lookup,
     )
@@ -114,6 +123,7 @@ def cancelled_result(
     event: OrderCancelled,
     shipment: ShipmentRef,
     *,
+    result_id: uuid.UUID,
     provider_kind: str,
     outcome: CancelOutcome,
     attempts: int,
@@ -121,7 +131,7 @@ def cancelled_result(
     now: datetime,
 ) -> ShipmentCancelled:
     return ShipmentCancelled(
-        event_id=result_event_id(event.event_id, shipment.provider, shipment.shipment_id),
+        event_id=result_id,
         occurred_at=now,
         source_event_id=event.event_id,
         order_id=event.order_id,
@@ -140,6 +150,7 @@ def failed_result(
     event: OrderCancelled,
     shipment: ShipmentRef,
     *,
+    result_id: uuid.UUID,
     provider_kind: str | None,
     error: CancelError,
     attempts: int,
@@ -147,7 +158,7 @@ def failed_result(
     now: datetime,
 ) -> CancelFailed:
     return CancelFailed(
-        event_id=result_event_id(event.event_id, shipment.provider, shipment.shipment_id),
+        event_id=result_id,
         occurred_at=now,
         source_event_id=event.event_id,
         order_id=event.order_id,

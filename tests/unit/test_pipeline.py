@@ -13,6 +13,7 @@ from consumer.pipeline import (
     failed_result,
     invalid_record_result,
     parse_order_cancelled,
+    shipment_result_id,
 )
 from tests.examples import order_cancelled_example
 
@@ -81,8 +82,10 @@ def test_an_invalid_record_without_an_order_gets_no_cancel_failed() -> None:
 
 def test_cancel_requests_carry_an_idempotency_key_equal_to_the_result_id() -> None:
     event = OrderCancelled.model_validate(EVENT)
-    request = cancel_request(event, event.shipments[1])
+    result_id = shipment_result_id(event, event.shipments[1])
+    request = cancel_request(event, event.shipments[1], result_id)
     expected = result_event_id(event.event_id, "mvmnt", "SHP-12345")
+    assert result_id == expected
     assert request.idempotency_key == str(expected)
     assert request.lookup == "key"
     assert request.reason == "Customer changed their mind"
@@ -100,6 +103,7 @@ def test_failed_results_keep_the_provider_details() -> None:
     failed = failed_result(
         event,
         event.shipments[0],
+        result_id=shipment_result_id(event, event.shipments[0]),
         provider_kind="shipstation",
         error=error,
         attempts=1,
@@ -125,6 +129,7 @@ def test_huge_provider_error_details_are_cut_to_fit_a_kafka_record() -> None:
     failed = failed_result(
         event,
         event.shipments[0],
+        result_id=shipment_result_id(event, event.shipments[0]),
         provider_kind="shipstation",
         error=error,
         attempts=1,
