@@ -365,10 +365,12 @@ class Bench:
                         + ", ".join(f"{k} {v:.3f}" for k, v in cpu_ms.items()),
                         flush=True,
                     )
+                    paced_cpu = CpuMeter(processor.pid)
                     async with collector.paused():
                         offered = await load.paced(
                             kafka, plan.offered_rate, plan.paced_seconds, plan.orders, f"{name}-b"
                         )
+                    paced_cpu_ms = paced_cpu.ms_per_event(len(offered))
                     if not await collector.wait_for(offered, timeout=120):
                         raise RuntimeError(f"{name}: paced results missing, see {processor.log}")
                     steady = load.measure(offered, collector.results)
@@ -386,6 +388,7 @@ class Bench:
             "provider_latency_ms": latency_ms,
             "events": drained.events,
             "cpu_ms_per_event": cpu_ms,
+            "paced_cpu_ms_per_event": paced_cpu_ms,
             "offered_events_per_s": plan.offered_rate,
             "offered_events": steady.events,
             "backlog_p50_ms": round(drained.p50_ms, 1),
@@ -396,7 +399,8 @@ class Bench:
         }
         print(
             f"   steady {plan.offered_rate:.0f}/s: p50 {steady.p50_ms:.1f} ms, "
-            f"p99 {steady.p99_ms:.1f} ms; peak RSS {peak:.0f} MB; "
+            f"p99 {steady.p99_ms:.1f} ms; processor CPU "
+            f"{paced_cpu_ms['processor']:.3f} ms/event; peak RSS {peak:.0f} MB; "
             f"baseline {baseline['events_per_s']} events/s",
             flush=True,
         )
