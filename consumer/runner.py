@@ -154,7 +154,7 @@ class Runner:
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._slot_freed = asyncio.Event()
         self._paused = False
-        # Set while the consume loop waits in ``getmany``; set when stop interrupted it.
+        # Whether the consume loop waits in ``getmany``, and whether stop cancelled that wait.
         self._polling = False
         self._poll_interrupted = False
         # Partitions being drained on revocation: no new work is started for them.
@@ -357,6 +357,8 @@ class Runner:
     async def _poll(
         self, stop: asyncio.Event, timeout_ms: int, max_records: int
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        if stop.is_set():
+            return {}  # set while the loop waited for a free slot: the watcher has gone by
         try:
             return await self._getmany(timeout_ms, max(1, max_records))
         except KafkaError as exc:

@@ -9,11 +9,13 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from opentelemetry.trace import NoOpTracer
 
-from consumer.canceller import Canceller
+from consumer.canceller import Canceller, ProviderAccount
 from consumer.config import KafkaSettings, ProcessingSettings
-from consumer.retry import RetryPolicy
+from consumer.providers.base import CancelOutcome, CancelRequest
+from consumer.retry import AccountGate, RetryPolicy
 from consumer.runner import Runner
 from tests.telemetry.fake_kafka import FakeConsumer, RecordingProducer, clients
+from tests.unit.test_runner_drain import event_record
 
 TP = TopicPartition("orders.cancelled", 0)
 
@@ -21,16 +23,36 @@ TP = TopicPartition("orders.cancelled", 0)
 class RebalancingConsumer(FakeConsumer):
     """A consumer whose polls never return: a rebalance that does not settle."""
 
-    def __init__(self) -> None:
+    def __init__(self, *first: ConsumerRecord[bytes, bytes]) -> None:
         super().__init__(TP, [])
         self.polls = 0
         self.polling = asyncio.Event()
+        self._first = {TP: list(first)} if first else None
 
     async def getmany(
         self, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         self.polls += 1
+        if self._first is not None:  # the first poll hands out these records
+            first, self._first = self._first, None
+            return first
         self.polling.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class UnansweredProvider:
+    """Never answers a cancel; ``asked`` is set once one is made."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+
+    @property
+    def kind(self) -> str:
+        return "shipstation"
+
+    async def cancel(self, request: CancelRequest) -> CancelOutcome:
+        self.asked.set()
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
@@ -65,3 +87,28 @@ async def test_cancelling_the_service_while_it_polls_still_cancels_it() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, timeout=2)
+
+
+async def test_stop_while_waiting_for_a_free_slot_does_not_poll_into_a_rebalance() -> None:
+    # The in-flight window is full (one event the provider never answers), so the loop
+    # waits for a slot; stop comes then, and the next poll would wait for a rebalance.
+    consumer = RebalancingConsumer(event_record(0, "SO-1", "se-1"))
+    provider = UnansweredProvider()
+    runner = Runner(
+        KafkaSettings(bootstrap_servers="127.0.0.1:9"),
+        ProcessingSettings(max_in_flight=1, drain_grace_seconds=0.1),
+        Canceller(
+            {"ss": ProviderAccount("ss", provider, AccountGate(4))},
+            RetryPolicy(budget_seconds=30),
+        ),
+        NoOpTracer(),
+        clients=clients(consumer, RecordingProducer()),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    await asyncio.wait_for(provider.asked.wait(), timeout=5)
+    stop.set()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done == {task}, "the stop request waited for the rebalance"
+    task.result()
+    assert consumer.polls == 1
