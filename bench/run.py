@@ -370,9 +370,10 @@ class Bench:
                         offered = await load.paced(
                             kafka, plan.offered_rate, plan.paced_seconds, plan.orders, f"{name}-b"
                         )
-                    paced_cpu_ms = paced_cpu.ms_per_event(len(offered))
                     if not await collector.wait_for(offered, timeout=120):
                         raise RuntimeError(f"{name}: paced results missing, see {processor.log}")
+                    # Like the drain's: taken once every result is in.
+                    paced_cpu_ms = paced_cpu.ms_per_event(len(offered))
                     steady = load.measure(offered, collector.results)
                     peak = processor.peak_rss_mb
                 finally:

@@ -382,6 +382,7 @@ class Runner:
         except asyncio.CancelledError:
             consuming = asyncio.current_task()
             if self._poll_interrupted and consuming is not None and consuming.uncancel() == 0:
+                self._poll_interrupted = False
                 # Stopping. Records this poll may have fetched are not dispatched, so never
                 # committed: the partition's next reader gets them.
                 return {}

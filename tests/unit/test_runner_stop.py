@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from opentelemetry.trace import NoOpTracer
 
@@ -42,10 +41,10 @@ class RebalancingConsumer(FakeConsumer):
 
 
 class UnansweredProvider:
-    """Never answers a cancel; ``asked`` is set once one is made."""
+    """Never answers a cancel; sets ``asked`` once one is made."""
 
-    def __init__(self) -> None:
-        self.asked = asyncio.Event()
+    def __init__(self, asked: asyncio.Event) -> None:
+        self.asked = asked
 
     @property
     def kind(self) -> str:
@@ -72,6 +71,14 @@ async def polling_runner() -> tuple[Runner, RebalancingConsumer, asyncio.Event, 
     return runner, consumer, stop, task
 
 
+def watchers_left() -> list[asyncio.Task[object]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if "_interrupt_poll" in t.get_coro().__qualname__ and not t.done()  # type: ignore[union-attr]
+    ]
+
+
 async def test_stop_ends_a_poll_that_waits_for_a_rebalance() -> None:
     _, consumer, stop, task = await polling_runner()
     stop.set()
@@ -80,20 +87,34 @@ async def test_stop_ends_a_poll_that_waits_for_a_rebalance() -> None:
     assert not task.cancelled()
     task.result()  # ended by the stop, not by an error
     assert consumer.polls == 1
+    await asyncio.sleep(0)
+    assert watchers_left() == []
 
 
 async def test_cancelling_the_service_while_it_polls_still_cancels_it() -> None:
     _, _, _, task = await polling_runner()
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, timeout=2)
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done == {task}
+    assert task.cancelled()
+
+
+async def test_a_cancel_that_comes_with_the_stop_is_not_swallowed() -> None:
+    _, _, stop, task = await polling_runner()
+    stop.set()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done == {task}
+    assert task.cancelled(), "the service's own cancellation was taken for the stop's"
 
 
 async def test_stop_while_waiting_for_a_free_slot_does_not_poll_into_a_rebalance() -> None:
     # The in-flight window is full (one event the provider never answers), so the loop
-    # waits for a slot; stop comes then, and the next poll would wait for a rebalance.
+    # waits for a slot; stop comes then (when the provider is asked), and the next poll
+    # would wait for a rebalance.
     consumer = RebalancingConsumer(event_record(0, "SO-1", "se-1"))
-    provider = UnansweredProvider()
+    stop = asyncio.Event()
+    provider = UnansweredProvider(asked=stop)
     runner = Runner(
         KafkaSettings(bootstrap_servers="127.0.0.1:9"),
         ProcessingSettings(max_in_flight=1, drain_grace_seconds=0.1),
@@ -104,11 +125,8 @@ async def test_stop_while_waiting_for_a_free_slot_does_not_poll_into_a_rebalance
         NoOpTracer(),
         clients=clients(consumer, RecordingProducer()),
     )
-    stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
-    await asyncio.wait_for(provider.asked.wait(), timeout=5)
-    stop.set()
-    done, _ = await asyncio.wait({task}, timeout=2)
+    done, _ = await asyncio.wait({task}, timeout=5)
     assert done == {task}, "the stop request waited for the rebalance"
     task.result()
     assert consumer.polls == 1
