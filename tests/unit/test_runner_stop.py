@@ -56,19 +56,28 @@ class UnansweredProvider:
         raise AssertionError("unreachable")
 
 
-async def polling_runner() -> tuple[Runner, RebalancingConsumer, asyncio.Event, asyncio.Task[None]]:
-    consumer = RebalancingConsumer()
+def running(
+    consumer: RebalancingConsumer,
+    stop: asyncio.Event,
+    processing: ProcessingSettings | None = None,
+    canceller: Canceller | None = None,
+) -> asyncio.Task[None]:
+    """The runner over ``consumer``, running until ``stop``."""
     runner = Runner(
         KafkaSettings(bootstrap_servers="127.0.0.1:9"),
-        ProcessingSettings(),
-        Canceller({}, RetryPolicy()),
+        processing or ProcessingSettings(),
+        canceller or Canceller({}, RetryPolicy()),
         NoOpTracer(),
         clients=clients(consumer, RecordingProducer()),
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
+    return asyncio.create_task(runner.run(stop))
+
+
+async def polling_runner() -> tuple[RebalancingConsumer, asyncio.Event, asyncio.Task[None]]:
+    consumer, stop = RebalancingConsumer(), asyncio.Event()
+    task = running(consumer, stop)
     await asyncio.wait_for(consumer.polling.wait(), timeout=5)
-    return runner, consumer, stop, task
+    return consumer, stop, task
 
 
 def watchers_left() -> list[asyncio.Task[object]]:
@@ -80,7 +89,7 @@ def watchers_left() -> list[asyncio.Task[object]]:
 
 
 async def test_stop_ends_a_poll_that_waits_for_a_rebalance() -> None:
-    _, consumer, stop, task = await polling_runner()
+    consumer, stop, task = await polling_runner()
     stop.set()
     done, _ = await asyncio.wait({task}, timeout=2)
     assert done == {task}, "the stop request waited for the rebalance"
@@ -92,7 +101,7 @@ async def test_stop_ends_a_poll_that_waits_for_a_rebalance() -> None:
 
 
 async def test_cancelling_the_service_while_it_polls_still_cancels_it() -> None:
-    _, _, _, task = await polling_runner()
+    _, _, task = await polling_runner()
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=2)
     assert done == {task}
@@ -100,7 +109,7 @@ async def test_cancelling_the_service_while_it_polls_still_cancels_it() -> None:
 
 
 async def test_a_cancel_that_comes_with_the_stop_is_not_swallowed() -> None:
-    _, _, stop, task = await polling_runner()
+    _, stop, task = await polling_runner()
     stop.set()
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=2)
@@ -115,17 +124,15 @@ async def test_stop_while_waiting_for_a_free_slot_does_not_poll_into_a_rebalance
     consumer = RebalancingConsumer(event_record(0, "SO-1", "se-1"))
     stop = asyncio.Event()
     provider = UnansweredProvider(asked=stop)
-    runner = Runner(
-        KafkaSettings(bootstrap_servers="127.0.0.1:9"),
+    task = running(
+        consumer,
+        stop,
         ProcessingSettings(max_in_flight=1, drain_grace_seconds=0.1),
         Canceller(
             {"ss": ProviderAccount("ss", provider, AccountGate(4))},
             RetryPolicy(budget_seconds=30),
         ),
-        NoOpTracer(),
-        clients=clients(consumer, RecordingProducer()),
     )
-    task = asyncio.create_task(runner.run(stop))
     done, _ = await asyncio.wait({task}, timeout=5)
     assert done == {task}, "the stop request waited for the rebalance"
     task.result()
