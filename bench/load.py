@@ -188,6 +188,18 @@ class Results:
     def count_of(self, event_ids: dict[str, float]) -> int:
         return sum(1 for event_id in event_ids if event_id in self.at)
 
+    async def wait_for(self, event_ids: dict[str, float], timeout: float) -> bool:
+        """True once every event has a result; False when ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        while self.count_of(event_ids) < len(event_ids):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), timeout=min(remaining, 1.0))
+        return True
+
 
 class Collector:
     """Reads both result topics from the start, without a group, in the background."""
@@ -264,15 +276,61 @@ class Collector:
 
     async def wait_for(self, event_ids: dict[str, float], timeout: float) -> bool:
         """True once every event has a result; False when ``timeout`` passes first."""
-        deadline = time.monotonic() + timeout
-        while self.results.count_of(event_ids) < len(event_ids):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self.results.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.results.arrived.wait(), timeout=min(remaining, 1.0))
-        return True
+        return await self.results.wait_for(event_ids, timeout)
+
+
+async def broker_alone(
+    kafka: KafkaSettings,
+    rate: float,
+    seconds: float,
+    orders: int,
+    prefix: str,
+    *,
+    fetch_max_wait_ms: int,
+) -> Measured:
+    """The latency runs' paced load read back by a bare consumer, with no processor: the
+    broker's own share of their latency (produce, store, the fetch's wait and walk).
+
+    Latency here ends when a fetched record reaches the reader, where the processor's
+    handling would begin. Fetches wait as long as the processor's do.
+    """
+    arrived = Results()
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=fetch_max_wait_ms,
+    )
+    partitions = [TopicPartition(kafka.input_topic, p) for p in range(PARTITIONS)]
+    await reader.start()
+    try:
+        reader.assign(partitions)
+        await reader.seek_to_end(*partitions)
+        for partition in partitions:
+            await reader.position(partition)  # the end now, before the load starts
+        reading = asyncio.create_task(_read_arrivals(reader, arrived))
+        try:
+            sent = await paced(kafka, rate, seconds, orders, prefix)
+            await arrived.wait_for(sent, timeout=30)
+        finally:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+    finally:
+        await reader.stop()
+    return measure(sent, arrived)
+
+
+async def _read_arrivals(reader: AIOKafkaConsumer, arrived: Results) -> None:
+    while True:
+        batches = await reader.getmany(timeout_ms=200, max_records=10_000)
+        now_ms = time.time() * 1000
+        for records in batches.values():
+            for record in records:
+                if record.value is not None:
+                    event_id = orjson.loads(record.value)["event_id"]
+                    arrived.at.setdefault(event_id, []).append(now_ms)
+        if batches:
+            arrived.arrived.set()
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,9 @@ from consumer.embedded_broker import EmbeddedBroker, free_port
 
 MAX_CONCURRENCY = 256
 OFFERED_RATE = 1000.0
+# Tansu holds a fetch for its whole wait even when records arrive: this bounds what it adds
+# to latency. The processor and the broker-alone reader fetch with it.
+FETCH_MAX_WAIT_MS = 10
 RESULTS_FILE = "bench-results.json"
 
 # Targets of issue 5 on a 2-core machine.
@@ -54,7 +57,7 @@ TARGET_P99_OVERHEAD_MS = 25.0
 TARGET_PEAK_RSS_MB = 250.0
 
 LATENCIES = {"latency-0ms": 0, "latency-50ms": 50}
-SCENARIOS = (*LATENCIES, "two-processes", "backlog")
+SCENARIOS = (*LATENCIES, "broker-alone", "two-processes", "backlog")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,9 +181,7 @@ def write_config(
                     "enable_idempotence": False,
                     "session_timeout_ms": kafka.session_timeout_ms,
                     "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
-                    # Tansu holds a fetch for its whole wait even when records arrive: this
-                    # bounds what it adds to latency.
-                    "fetch_max_wait_ms": 10,
+                    "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
                 },
                 "telemetry": {
                     "traces_exporter": traces_exporter,
@@ -432,6 +433,40 @@ class Bench:
         figures: dict[str, Any] = orjson.loads(out.splitlines()[-1])
         return figures
 
+    async def broker_alone(self) -> dict[str, Any]:
+        """The paced load of the latency runs, after the same preload, read by a bare
+        consumer: how much of their latency the embedded broker makes by itself."""
+        plan = self.plan
+        print("== broker alone (a bare consumer, no processor)", flush=True)
+        async with EmbeddedBroker() as broker:
+            kafka = load.Topics(f"broker-alone-{uuid.uuid4().hex[:6]}").kafka(
+                broker.bootstrap_servers
+            )
+            await load.create_topics(kafka)
+            await load.preload(kafka, plan.events, plan.orders, "alone-a", keep=False)
+            measured = await load.broker_alone(
+                kafka,
+                plan.offered_rate,
+                plan.paced_seconds,
+                plan.orders,
+                "alone-b",
+                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            )
+        print(
+            f"   {plan.offered_rate:.0f}/s offered: p50 {measured.p50_ms:.1f} ms, "
+            f"p99 {measured.p99_ms:.1f} ms from input produce to a fetched record; "
+            f"{measured.missing} missing",
+            flush=True,
+        )
+        return {
+            "offered_events_per_s": plan.offered_rate,
+            "events": measured.events,
+            "missing": measured.missing,
+            "p50_ms": round(measured.p50_ms, 1),
+            "p99_ms": round(measured.p99_ms, 1),
+            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+        }
+
     async def two_processes(self, latency_ms: int = 0) -> dict[str, Any]:
         plan = self.plan
         name = "two-processes"
@@ -534,6 +569,9 @@ def verdicts(results: Mapping[str, Any]) -> list[str]:
         speedup = results["speedup_vs_baseline"].get(name)
         if speedup is not None and speedup < target:
             misses.append(f"{name}: {speedup}x the baseline < {target}x")
+    alone = results.get("broker_alone")
+    if alone and alone["missing"]:
+        misses.append(f"broker alone: {alone['missing']} events never read back")
     scale = results.get("scale_out")
     if scale and not scale["processed_once"]:
         misses.append(
@@ -558,6 +596,12 @@ def table(results: Mapping[str, Any]) -> str:
             f"| {name} | {row['events_per_s']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} "
             f"| {row['p99_overhead_ms']:.1f} | {row['peak_rss_mb']:.0f} "
             f"| {baselines.get(name, 0):.1f} | {results['speedup_vs_baseline'].get(name, 0)}x |"
+        )
+    alone = results.get("broker_alone")
+    if alone:
+        lines.append(
+            f"| broker alone, no processor ({alone['offered_events_per_s']:.0f}/s offered) "
+            f"| | {alone['p50_ms']:.1f} | {alone['p99_ms']:.1f} | | | | |"
         )
     scale = results.get("scale_out")
     if scale:
@@ -591,6 +635,8 @@ async def run(plan: Plan, workdir: Path, traces: str, profile: bool = False) -> 
             if base["events_per_s"]
         },
     }
+    if "broker-alone" in plan.scenarios:
+        results["broker_alone"] = await bench.broker_alone()
     if "two-processes" in plan.scenarios:
         results["scale_out"] = await bench.two_processes()
     if "backlog" in plan.scenarios:

@@ -101,6 +101,18 @@ def test_the_table_has_a_row_per_scenario() -> None:
     )
 
 
+def test_the_broker_alone_row_shows_its_latency_and_events_it_lost_are_a_miss() -> None:
+    alone = {"offered_events_per_s": 1000.0, "events": 10_000, "p50_ms": 6.1, "p99_ms": 12.6}
+    results = {**results_with(1600.0, 20.0), "broker_alone": {**alone, "missing": 0}}
+
+    assert run.table(results).splitlines()[3] == (
+        "| broker alone, no processor (1000/s offered) | | 6.1 | 12.6 | | | | |"
+    )
+    assert run.verdicts(results) == []
+    lost = {**results, "broker_alone": {**alone, "missing": 3}}
+    assert run.verdicts(lost) == ["broker alone: 3 events never read back"]
+
+
 async def test_the_in_process_run_handles_every_event_and_reports_cpu_per_event(
     tmp_path: Path,
 ) -> None:
