@@ -189,7 +189,8 @@ class Results:
         return sum(1 for event_id in event_ids if event_id in self.at)
 
     async def wait_for(self, event_ids: dict[str, float], timeout: float) -> bool:
-        """True once every event has a result; False when ``timeout`` passes first."""
+        """True once every event has arrived (its result, or itself read back); False when
+        ``timeout`` passes first."""
         deadline = time.monotonic() + timeout
         while self.count_of(event_ids) < len(event_ids):
             remaining = deadline - time.monotonic()
