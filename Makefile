@@ -37,7 +37,7 @@ check: lint typecheck test
 
 # Regenerate schemas/ from the pydantic models (a test fails when they drift).
 schemas: $(STAMP)
-	$(BIN)/python -m consumer.schemas
+	$(BIN)/python -m consumer.tools.schemas
 
 # The fault suite (README "Guarantees"): crashes, rebalances, outages, bad input, secrets,
 # each against real processes; prints the results table and writes fault-results.json.

@@ -20,17 +20,16 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from consumer import headers as h
 from consumer.config import load_settings
-from consumer.errors import CancelError
-from consumer.events import (
+from consumer.core.errors import CancelError
+from consumer.core.events import (
     OrderCancelled,
     ResultEvent,
     ShipmentCancelled,
     dump_event,
     utc_now,
 )
-from consumer.pipeline import (
+from consumer.core.pipeline import (
     TraceRef,
     cancel_request,
     cancelled_result,
@@ -38,6 +37,7 @@ from consumer.pipeline import (
     parse_order_cancelled,
     shipment_result_id,
 )
+from consumer.kafka import headers as h
 from consumer.providers import build_provider
 
 

@@ -35,10 +35,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.procs import cpu_seconds, machine, peak_rss_mb, py_spy
 from consumer.config import KafkaSettings
-from consumer.embedded_broker import EmbeddedBroker, free_port
 from consumer.ingress.server import ROUTE
 from consumer.ingress.signature import SIGNATURE_HEADER, SOURCE_HEADER, sign
-from consumer.topics import ensure_topics
+from consumer.tools.embedded_broker import EmbeddedBroker, free_port
+from consumer.tools.topics import ensure_topics
 
 TARGET_PER_S: Final = 2000
 SECRET: Final = "bench-webhook-secret-0123456789"

@@ -35,9 +35,9 @@ from bench.processor import DropSpans
 from bench.run import write_config
 from consumer import app
 from consumer.config import load_settings
-from consumer.gc_schedule import clocked_collections
-from consumer.metrics import Metrics
-from consumer.telemetry import build_meter_provider, build_tracer_provider
+from consumer.observability.metrics import Metrics
+from consumer.observability.telemetry import build_meter_provider, build_tracer_provider
+from consumer.runtime.gc_schedule import clocked_collections
 from tests.telemetry.fake_kafka import FakeConsumer, RecordingProducer, clients, record, run_until
 
 _JSON = {"content-type": "application/json"}

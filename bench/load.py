@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumer import headers as h
 from consumer.config import KafkaSettings
-from consumer.topics import ensure_topics
+from consumer.kafka import headers as h
+from consumer.tools.topics import ensure_topics
 
 PARTITIONS = 6
 PROVIDERS = ("shipstation", "mvmnt")

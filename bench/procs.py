@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from consumer.embedded_broker import free_port
+from consumer.tools.embedded_broker import free_port
 
 # The venv's interpreter: the children run the same code and libraries as the bench.
 PYTHON = sys.executable

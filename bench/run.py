@@ -41,7 +41,7 @@ from aiohttp import web
 
 from bench import load, procs
 from consumer.config import KafkaSettings
-from consumer.embedded_broker import EmbeddedBroker, free_port
+from consumer.tools.embedded_broker import EmbeddedBroker, free_port
 
 MAX_CONCURRENCY = 256
 OFFERED_RATE = 1000.0

@@ -11,19 +11,20 @@ from contextlib import AsyncExitStack
 
 from opentelemetry.trace import Tracer
 
-from consumer.canceller import Canceller, ProviderAccount
 from consumer.config import Settings
-from consumer.errors import ConfigError
-from consumer.gc_schedule import clocked_collections
-from consumer.logs import flushing_logs
-from consumer.metrics import Metrics
-from consumer.ops_http import Readiness, serve_ops
+from consumer.core.canceller import Canceller, ProviderAccount
+from consumer.core.errors import ConfigError
+from consumer.core.retry import AccountGate, RetryPolicy
+from consumer.kafka.runner import KafkaClients, Runner
+from consumer.observability.logs import flushing_logs
+from consumer.observability.metrics import Metrics
+from consumer.observability.ops_http import Readiness, serve_ops
+from consumer.observability.telemetry import build_meter_provider, build_tracer_provider
+from consumer.observability.tracing import record_token_wait
 from consumer.providers import build_provider
 from consumer.providers.client import TransportClient, provider_transport
 from consumer.providers.ratelimit import rate_limited
-from consumer.retry import AccountGate, RetryPolicy
-from consumer.runner import KafkaClients, Runner
-from consumer.telemetry import build_meter_provider, build_tracer_provider, record_token_wait
+from consumer.runtime.gc_schedule import clocked_collections
 
 log = logging.getLogger(__name__)
 

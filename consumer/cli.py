@@ -20,12 +20,13 @@ from consumer.config import (
     load_kafka_settings,
     load_settings,
 )
-from consumer.demo import run_demo
-from consumer.embedded_broker import EmbeddedBrokerError
-from consumer.errors import ConfigError, ErrorCategory
+from consumer.core.errors import ConfigError, ErrorCategory
 from consumer.ingress.service import require_sources, run_ingress_until_signalled
-from consumer.logs import configure_logging
-from consumer.redrive import (
+from consumer.observability.logs import configure_logging
+from consumer.simulator import SimulatorOptions, serve_forever
+from consumer.tools.demo import run_demo
+from consumer.tools.embedded_broker import EmbeddedBrokerError
+from consumer.tools.redrive import (
     DEFAULT_INPUT_LOOKBACK,
     SOURCES,
     Options,
@@ -36,9 +37,8 @@ from consumer.redrive import (
     parse_time,
     run_redrive,
 )
-from consumer.simulator import SimulatorOptions, serve_forever
-from consumer.topics import TopicsError, provision_topics
-from consumer.traffic import run_traffic_until_signalled
+from consumer.tools.topics import TopicsError, provision_topics
+from consumer.tools.traffic import run_traffic_until_signalled
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from consumer.errors import ConfigError
+from consumer.core.errors import ConfigError
 from consumer.providers import PROVIDER_KINDS as _PROVIDER_KINDS
 from consumer.providers import ProviderSettings
 

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the ingress, generated from the code it describes.
 
-``consumer.schemas`` writes it to ``schemas/ingress-openapi.yaml`` with the other generated
+``consumer.tools.schemas`` writes it to ``schemas/ingress-openapi.yaml`` with the other generated
 files (``make schemas``; a test fails when it drifts). The request body is the generated
 ``order.cancelled.v1.json``; response bodies come from ``consumer.ingress.responses``.
 """
@@ -11,7 +11,6 @@ from typing import Any, Final
 
 from pydantic.json_schema import models_json_schema
 
-from consumer import headers as h
 from consumer.ingress.responses import Accepted, Error, InvalidEvent
 from consumer.ingress.server import RETRY_AFTER_SECONDS, ROUTE
 from consumer.ingress.signature import (
@@ -20,6 +19,7 @@ from consumer.ingress.signature import (
     TOLERANCE_SECONDS,
     SignatureFailure,
 )
+from consumer.kafka import headers as h
 
 INGRESS_OPENAPI_FILE: Final = "ingress-openapi.yaml"
 

@@ -20,7 +20,7 @@ from aiokafka.errors import BrokerResponseError, KafkaError, MessageSizeTooLarge
 from aiokafka.structs import RecordMetadata
 
 from consumer.config import KafkaSettings
-from consumer.kafka_client import client_options
+from consumer.kafka.clients import client_options
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,8 @@ from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from consumer import headers as h
 from consumer.config import IngressSettings
-from consumer.events import OrderCancelled
+from consumer.core.events import OrderCancelled
 from consumer.ingress.idempotency import Conflict, IdempotencyWindow
 from consumer.ingress.publisher import (
     Delivery,
@@ -59,9 +58,10 @@ from consumer.ingress.signature import (
     resolve_secret,
 )
 from consumer.ingress.validation import validate_event
-from consumer.metrics import Tally, duration_histogram
-from consumer.ops_http import Readiness, add_ops_routes
-from consumer.telemetry import extract_context, inject_headers
+from consumer.kafka import headers as h
+from consumer.observability.metrics import Tally, duration_histogram
+from consumer.observability.ops_http import Readiness, add_ops_routes
+from consumer.observability.tracing import extract_context, inject_headers
 
 log = logging.getLogger(__name__)
 

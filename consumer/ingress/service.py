@@ -18,10 +18,10 @@ from collections.abc import Callable
 from aiohttp import web
 
 from consumer.config import Settings
-from consumer.errors import ConfigError
+from consumer.core.errors import ConfigError
 from consumer.ingress.publisher import KafkaPublisher, Publisher
 from consumer.ingress.server import build_app
-from consumer.telemetry import build_meter_provider, build_tracer_provider
+from consumer.observability.telemetry import build_meter_provider, build_tracer_provider
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from consumer.events import OrderCancelled
+from consumer.core.events import OrderCancelled
 
 FieldErrors = list[dict[str, Any]]
 

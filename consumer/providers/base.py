@@ -3,7 +3,7 @@
 A provider adapter makes *one* cancel attempt per ``cancel`` call (including whatever
 confirmation read or token refresh that attempt needs) and either returns a
 ``CancelOutcome`` or raises a ``CancelError``. Retrying, rate limiting and time-boxing are
-done around it (``consumer.retry``), the same way for every provider.
+done around it (``consumer.core.retry``), the same way for every provider.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumer.errors import (
+from consumer.core.errors import (
     AuthError,
     CancelError,
     ConflictError,

@@ -18,10 +18,10 @@ from urllib.parse import parse_qsl, quote, urlencode
 import httpx
 import orjson
 
-from consumer.errors import CancelError, ConflictError, InternalError, TransientError
+from consumer.core.errors import CancelError, ConflictError, InternalError, TransientError
+from consumer.observability.tracing import ClientCall
 from consumer.providers.base import parse_retry_after, transport_error
 from consumer.providers.client import HttpClient
-from consumer.telemetry import ClientCall
 
 USER_AGENT = f"shipment-cancel-processor/{importlib.metadata.version('shipment-cancel-processor')}"
 # What replaces a secret wherever we copy provider data or a URL (the marker the semantic

@@ -27,7 +27,7 @@ from typing import Any, Final, Literal, Self
 import httpx
 from pydantic import SecretStr, model_validator
 
-from consumer.errors import AuthError, CancelError, InternalError, RateLimitedError
+from consumer.core.errors import AuthError, CancelError, InternalError, RateLimitedError
 from consumer.providers.base import (
     CancelOutcome,
     CancelRequest,

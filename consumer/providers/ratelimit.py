@@ -5,7 +5,7 @@ label voids, an OAuth token fetch); providers count each one against their limit
 token bucket sits in the HTTP transport, under all of them.
 
 Waiting for a token happens inside the attempt, so it counts toward the shipment's budget
-(``consumer.retry``); when the budget runs out during that wait, the retry loop learns it
+(``consumer.core.retry``); when the budget runs out during that wait, the retry loop learns it
 from ``TokenWaits`` and reports ``rate_limited`` rather than a provider timeout.
 """
 

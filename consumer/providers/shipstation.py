@@ -20,7 +20,7 @@ from typing import Any, Final, Literal
 import httpx
 from pydantic import SecretStr
 
-from consumer.errors import (
+from consumer.core.errors import (
     AuthError,
     CancelError,
     ConflictError,

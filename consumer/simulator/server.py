@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from consumer.gc_schedule import clocked_collections
+from consumer.runtime.gc_schedule import clocked_collections
 from consumer.simulator.admin import PREFIX as ADMIN_PREFIX
 from consumer.simulator.admin import AdminApi, admin_error, is_loopback
 from consumer.simulator.context import SimulatorContext

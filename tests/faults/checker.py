@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from consumer.events import result_event_id
+from consumer.core.events import result_event_id
 from tests.faults.harness import Input, OutputReader
 from tests.integration.kafka_helpers import Record
 

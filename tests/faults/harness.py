@@ -25,9 +25,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import RecordMetadata
 
 from consumer.config import Settings, settings_from_mapping
-from consumer.embedded_broker import EmbeddedBroker, accepts_connections
-from consumer.kafka_client import client_options
-from consumer.topics import ensure_topics
+from consumer.kafka.clients import client_options
+from consumer.tools.embedded_broker import EmbeddedBroker, accepts_connections
+from consumer.tools.topics import ensure_topics
 from tests.integration.kafka_helpers import Cluster, Record
 
 PARTITIONS = 3

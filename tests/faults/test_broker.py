@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from consumer.embedded_broker import free_port
+from consumer.tools.embedded_broker import free_port
 from tests.faults.conftest import FaultEnv
 from tests.faults.harness import (
     BrokerProcess,

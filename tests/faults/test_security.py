@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from consumer.embedded_broker import free_port
-from consumer.kafka_client import KafkaSecurityError, check_security
+from consumer.kafka.clients import KafkaSecurityError, check_security
+from consumer.tools.embedded_broker import free_port
 from tests.faults.conftest import FaultEnv
 from tests.faults.harness import (
     BrokerProcess,

@@ -18,7 +18,7 @@ from consumer.ingress.publisher import Record, RecordRejected
 from consumer.ingress.responses import Accepted, Error, InvalidEvent
 from consumer.ingress.server import RETRY_AFTER_SECONDS, ROUTE, SPAN_NAME
 from consumer.ingress.signature import SIGNATURE_HEADER, SOURCE_HEADER, sign
-from consumer.telemetry import build_tracer_provider
+from consumer.observability.telemetry import build_tracer_provider
 from tests.ingress.helpers import (
     NOW,
     OLD_SECRET,

@@ -16,7 +16,7 @@ from consumer.config import (
     load_settings,
     settings_from_mapping,
 )
-from consumer.errors import ConfigError
+from consumer.core.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config.toml"
 SECRET = "erp-webhook-secret-0123456789"

@@ -18,9 +18,9 @@ import orjson
 import pytest
 
 from consumer.config import IngressSettings, Settings
-from consumer.embedded_broker import EmbeddedBroker, free_port
 from consumer.ingress.server import RETRY_AFTER_SECONDS, ROUTE
 from consumer.ingress.service import serve_ingress
+from consumer.tools.embedded_broker import EmbeddedBroker, free_port
 from tests.ingress.helpers import SECRET, SOURCE, event_body, signed_headers
 from tests.integration.kafka_helpers import Cluster, running_processor
 

@@ -14,7 +14,7 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel
 
-from consumer.events import OrderCancelled
+from consumer.core.events import OrderCancelled
 from consumer.ingress.openapi import (
     INGRESS_OPENAPI_FILE,
     SIGNATURE_PATTERN,
@@ -31,7 +31,7 @@ from consumer.ingress.signature import (
     parse_signature_header,
     sign,
 )
-from consumer.schemas import render_schemas
+from consumer.tools.schemas import render_schemas
 from tests.ingress.helpers import (
     RecordingPublisher,
     Telemetry,

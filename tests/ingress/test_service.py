@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from consumer.config import Settings, settings_from_mapping
-from consumer.errors import ConfigError
+from consumer.core.errors import ConfigError
 from consumer.ingress.server import CLIENT_CLOSED_REQUEST, ROUTE
 from consumer.ingress.service import serve_ingress
 from tests.ingress.helpers import SECRET, RecordingPublisher, event_body, signed_headers

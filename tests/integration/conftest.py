@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from consumer.config import BOOTSTRAP_ENV, Settings, settings_from_mapping
-from consumer.embedded_broker import EmbeddedBroker
 from consumer.simulator import Simulator
-from consumer.topics import ensure_topics
+from consumer.tools.embedded_broker import EmbeddedBroker
+from consumer.tools.topics import ensure_topics
 from tests.integration.kafka_helpers import Cluster
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from aiokafka.structs import RecordMetadata
 
 from consumer.app import run_service
 from consumer.config import Settings
-from consumer.kafka_client import client_options
+from consumer.kafka.clients import client_options
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
@@ -94,7 +94,7 @@ class Cluster:
         consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False)
         await consumer.start()
         try:
-            await consumer.topics()  # loads metadata, so partitions_for_topic knows them
+            await consumer.tools.topics()  # loads metadata, so partitions_for_topic knows them
             partitions = [
                 TopicPartition(topic, p)
                 for topic in topics
@@ -129,7 +129,7 @@ class Cluster:
         )
         await consumer.start()
         try:
-            await consumer.topics()
+            await consumer.tools.topics()
             partitions = consumer.partitions_for_topic(self.kafka.input_topic) or set()
             return {
                 p: await consumer.committed(TopicPartition(self.kafka.input_topic, p))

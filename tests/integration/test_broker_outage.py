@@ -17,9 +17,9 @@ import pytest
 
 from consumer.app import run_service
 from consumer.config import Settings, settings_from_mapping
-from consumer.embedded_broker import EmbeddedBroker
 from consumer.simulator import Simulator
-from consumer.topics import ensure_topics
+from consumer.tools.embedded_broker import EmbeddedBroker
+from consumer.tools.topics import ensure_topics
 from tests.integration.conftest import _wait_for_port
 from tests.integration.kafka_helpers import Cluster, order_event
 
@@ -91,7 +91,7 @@ async def test_a_paused_broker_is_reported_and_stop_stays_within_the_grace_perio
     await asyncio.wait_for(service, timeout=60)
     took = time.monotonic() - stopping
 
-    ours = [r for r in caplog.records if r.name == "consumer.runner"]
+    ours = [r for r in caplog.records if r.name == "consumer.kafka.runner"]
     trouble = [
         r.getMessage()
         for r in ours

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from contextlib import redirect_stdout
 
-from consumer.demo import run_demo, samples
+from consumer.tools.demo import run_demo, samples
 
 
 async def test_the_demo_prints_a_row_for_every_expected_result_and_succeeds() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from consumer.config import KafkaSettings
-from consumer.embedded_broker import EmbeddedBroker
-from consumer.kafka_client import KafkaSecurityError, check_security, client_options
+from consumer.kafka.clients import KafkaSecurityError, check_security, client_options
+from consumer.tools.embedded_broker import EmbeddedBroker
 from tests.integration.conftest import _wait_for_port
 
 PASSWORD = "s3cret-kafka-password"

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import orjson
 
-from consumer import headers as h
 from consumer.app import run_service
 from consumer.config import Settings
+from consumer.kafka import headers as h
 from tests.integration.kafka_helpers import Cluster, order_event
 from tests.telemetry.series import SERIES_LABELS, Samples, label_sets, label_values, samples
 

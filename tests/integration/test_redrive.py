@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import orjson
 
-from consumer.events import result_event_id
-from consumer.redrive import REDRIVEN_FROM, Options, RedriveFilter, parse_time, run_redrive
+from consumer.core.events import result_event_id
 from consumer.simulator import Simulator
+from consumer.tools.redrive import REDRIVEN_FROM, Options, RedriveFilter, parse_time, run_redrive
 from tests.integration.kafka_helpers import Cluster, order_event, running_processor
 
 

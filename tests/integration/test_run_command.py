@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 
 from consumer.config import Settings
-from consumer.embedded_broker import free_port
 from consumer.simulator import Simulator
+from consumer.tools.embedded_broker import free_port
 from tests.integration.kafka_helpers import Cluster, order_event
 
 CONFIG = """

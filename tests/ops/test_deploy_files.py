@@ -29,7 +29,7 @@ from consumer.config import (
     load_kafka_settings,
     load_settings,
 )
-from consumer.ops_http import add_ops_routes
+from consumer.observability.ops_http import add_ops_routes
 from consumer.providers.shipstation import ShipStationSettings
 from consumer.simulator import SimulatorOptions
 from tests.ops.files import (
@@ -776,7 +776,7 @@ def test_keda_scales_on_the_input_topic_up_to_the_partitions() -> None:
     assert meta["excludePersistentLag"] == "true"
     readme = README.read_text(encoding="utf-8")
     assert f"`lagThreshold` ({meta['lagThreshold']})" in readme, "README Scaling quotes it"
-    runner = (ROOT / "consumer" / "runner.py").read_text(encoding="utf-8")
+    runner = (ROOT / "consumer" / "kafka" / "runner.py").read_text(encoding="utf-8")
     assert f'auto_offset_reset="{meta["offsetResetPolicy"]}"' in runner
     auth = k8s("TriggerAuthentication")
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]

@@ -25,8 +25,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.config import BOOTSTRAP_ENV, load_kafka_settings
-from consumer.embedded_broker import free_port
 from consumer.simulator import Simulator
+from consumer.tools.embedded_broker import free_port
 from tests.integration.kafka_helpers import Cluster
 from tests.ops.files import (
     INGRESS_METRICS,
@@ -43,7 +43,7 @@ from tests.ops.test_monitoring import label_uses, selected_metrics
 pytestmark = pytest.mark.integration
 
 ON_EMBEDDED_BROKER = not os.environ.get(BOOTSTRAP_ENV)
-EVENTS = 20  # the first twenty records of consumer/traffic.py's mix
+EVENTS = 20  # the first twenty records of consumer/tools/traffic.py's mix
 
 
 def ops_config_copy(tmp_path: Path, run: str, http_port: int) -> Path:

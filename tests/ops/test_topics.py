@@ -15,10 +15,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumer.config import BOOTSTRAP_ENV, KafkaSettings, TopicsSettings, settings_from_mapping
-from consumer.embedded_broker import free_port
-from consumer.errors import ConfigError
-from consumer.kafka_client import client_options
-from consumer.topics import (
+from consumer.core.errors import ConfigError
+from consumer.kafka.clients import client_options
+from consumer.tools.embedded_broker import free_port
+from consumer.tools.topics import (
     Finding,
     TopicsError,
     TopicsReport,

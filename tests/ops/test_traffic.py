@@ -6,9 +6,9 @@ import itertools
 
 import orjson
 
-from consumer.events import OrderCancelled
+from consumer.core.events import OrderCancelled
 from consumer.simulator import parse_fault
-from consumer.traffic import sample_records
+from consumer.tools.traffic import sample_records
 
 
 def test_one_round_covers_every_kind_of_outcome_and_ids_never_repeat() -> None:

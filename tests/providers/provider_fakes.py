@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 import httpx
 import orjson
 
-from consumer.errors import (
+from consumer.core.errors import (
     AuthError,
     CancelError,
     NotFoundError,

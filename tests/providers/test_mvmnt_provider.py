@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from consumer.errors import (
+from consumer.core.errors import (
     AuthError,
     CancelError,
     ConflictError,

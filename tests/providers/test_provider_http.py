@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from consumer.errors import InternalError
+from consumer.core.errors import InternalError
 from consumer.providers.client import HttpClient, TransportClient
 from consumer.providers.http import (
     describe,

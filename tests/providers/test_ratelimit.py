@@ -7,10 +7,10 @@ import asyncio
 import httpx
 from aiolimiter import AsyncLimiter
 
+from consumer.core.retry import AccountGate, RetryPolicy, cancel_with_retries
 from consumer.providers.base import CancelOutcome, CancelRequest
 from consumer.providers.ratelimit import RateLimitedTransport, rate_limited, token_bucket
 from consumer.providers.shipstation import ShipStationProvider, ShipStationSettings
-from consumer.retry import AccountGate, RetryPolicy, cancel_with_retries
 
 
 class CountingTransport(httpx.AsyncBaseTransport):

@@ -19,10 +19,10 @@ import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from consumer.embedded_broker import free_port
-from consumer.errors import NetworkError, ProviderTimeoutError
+from consumer.core.errors import NetworkError, ProviderTimeoutError
 from consumer.providers.http import send
 from consumer.providers.transport import HttpTransport
+from consumer.tools.embedded_broker import free_port
 
 
 class Server:

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import OffsetAndMetadata, RecordMetadata
 
-from consumer.runner import KafkaClients, Runner
+from consumer.kafka.runner import KafkaClients, Runner
 
 Sent = tuple[str, bytes | None, bytes | None, dict[str, bytes]]
 

@@ -8,7 +8,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
-from consumer.telemetry import ActiveSpan
+from consumer.observability.tracing import ActiveSpan
 from tests.telemetry.conftest import Telemetry
 
 

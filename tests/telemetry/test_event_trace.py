@@ -18,11 +18,11 @@ from aiokafka.errors import MessageSizeTooLargeError
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-from consumer.canceller import Canceller, ProviderAccount
 from consumer.config import KafkaSettings, ProcessingSettings
+from consumer.core.canceller import Canceller, ProviderAccount
+from consumer.core.retry import AccountGate, RetryPolicy
+from consumer.kafka.runner import Runner
 from consumer.providers.shipstation import ShipStationProvider, ShipStationSettings
-from consumer.retry import AccountGate, RetryPolicy
-from consumer.runner import Runner
 from tests.providers.provider_fakes import FakeApi, reply
 from tests.telemetry.conftest import Telemetry
 from tests.telemetry.fake_kafka import (

@@ -24,11 +24,11 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY, generate_latest
 
-from consumer import telemetry
 from consumer.app import run_service
 from consumer.config import TelemetrySettings, settings_from_mapping
-from consumer.errors import ConfigError
-from consumer.metrics import Metrics
+from consumer.core.errors import ConfigError
+from consumer.observability import telemetry
+from consumer.observability.metrics import Metrics
 
 
 @pytest.mark.parametrize(

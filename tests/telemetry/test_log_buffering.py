@@ -10,7 +10,7 @@ from typing import TextIO
 
 import pytest
 
-from consumer.logs import BufferedStreamHandler, TextFormatter, flushing_logs
+from consumer.observability.logs import BufferedStreamHandler, TextFormatter, flushing_logs
 
 log = logging.getLogger("consumer.test_log_buffering")
 

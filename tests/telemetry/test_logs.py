@@ -6,12 +6,14 @@ import logging
 
 import orjson
 
-from consumer.logs import JsonFormatter
+from consumer.observability.logs import JsonFormatter
 from tests.telemetry.conftest import Telemetry
 
 
 def line(message: str, **extra: object) -> dict[str, object]:
-    record = logging.LogRecord("consumer.runner", logging.INFO, __file__, 1, message, (), None)
+    record = logging.LogRecord(
+        "consumer.kafka.runner", logging.INFO, __file__, 1, message, (), None
+    )
     record.__dict__.update(extra)
     decoded: dict[str, object] = orjson.loads(JsonFormatter().format(record))
     return decoded

@@ -16,9 +16,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from consumer import app
 from consumer.config import TelemetrySettings, settings_from_mapping
-from consumer.metrics import Metrics
-from consumer.ops_http import add_ops_routes, serve_ops
-from consumer.telemetry import build_meter_provider
+from consumer.observability.metrics import Metrics
+from consumer.observability.ops_http import add_ops_routes, serve_ops
+from consumer.observability.telemetry import build_meter_provider
 from tests.providers.provider_fakes import FakeApi, reply
 from tests.telemetry.fake_kafka import FakeConsumer, RecordingProducer, clients, record, run_until
 from tests.telemetry.series import SERIES_LABELS, label_sets, label_values, samples

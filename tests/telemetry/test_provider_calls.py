@@ -14,15 +14,15 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint
 from opentelemetry.trace import SpanKind, StatusCode
 
 from consumer import app
-from consumer.canceller import Canceller, ProviderAccount
 from consumer.config import Settings, settings_from_mapping
-from consumer.events import CancelFailed, OrderCancelled, ResultEvent, ShipmentCancelled
-from consumer.pipeline import TraceRef
+from consumer.core.canceller import Canceller, ProviderAccount
+from consumer.core.events import CancelFailed, OrderCancelled, ResultEvent, ShipmentCancelled
+from consumer.core.pipeline import TraceRef
+from consumer.core.retry import AccountGate, RetryPolicy
 from consumer.providers.client import TransportClient
 from consumer.providers.http import safe_url
 from consumer.providers.mvmnt import MvmntProvider, MvmntSettings
 from consumer.providers.shipstation import ShipStationProvider, ShipStationSettings
-from consumer.retry import AccountGate, RetryPolicy
 from tests.providers.provider_fakes import FakeApi, reply
 from tests.telemetry.conftest import Telemetry, attribute_text
 

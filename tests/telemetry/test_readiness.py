@@ -7,10 +7,10 @@ import time
 import pytest
 from aiokafka import TopicPartition
 
-from consumer.canceller import Canceller
 from consumer.config import KafkaSettings, ProcessingSettings
-from consumer.retry import RetryPolicy
-from consumer.runner import Runner
+from consumer.core.canceller import Canceller
+from consumer.core.retry import RetryPolicy
+from consumer.kafka.runner import Runner
 from tests.telemetry.conftest import Telemetry
 from tests.telemetry.fake_kafka import FakeConsumer, RecordingProducer, clients
 

@@ -1,12 +1,12 @@
 import asyncio
 from datetime import UTC, datetime
 
-from consumer.canceller import Canceller, ProviderAccount
-from consumer.errors import CancelError, NotFoundError, UnavailableError
-from consumer.events import CancelFailed, OrderCancelled, ShipmentCancelled
-from consumer.pipeline import TraceRef
+from consumer.core.canceller import Canceller, ProviderAccount
+from consumer.core.errors import CancelError, NotFoundError, UnavailableError
+from consumer.core.events import CancelFailed, OrderCancelled, ShipmentCancelled
+from consumer.core.pipeline import TraceRef
+from consumer.core.retry import AccountGate, RetryPolicy
 from consumer.providers.base import CancelOutcome, CancelRequest
-from consumer.retry import AccountGate, RetryPolicy
 
 TRACE = TraceRef("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from consumer.config import IngressSourceSettings, Settings, load_settings, settings_from_mapping
-from consumer.errors import ConfigError
+from consumer.core.errors import ConfigError
 from consumer.providers import ProviderSettings
 from consumer.providers.mvmnt import MvmntSettings
 from consumer.providers.shipstation import ShipStationSettings

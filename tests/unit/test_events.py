@@ -9,8 +9,8 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from consumer.errors import ErrorCategory
-from consumer.events import (
+from consumer.core.errors import ErrorCategory
+from consumer.core.events import (
     CancelFailed,
     ErrorDetail,
     OrderCancelled,

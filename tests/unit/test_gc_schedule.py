@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from consumer.gc_schedule import clocked_collections
+from consumer.runtime.gc_schedule import clocked_collections
 from tests.polling import eventually
 
 PERIOD = 0.01

@@ -1,6 +1,6 @@
 import pytest
 
-from consumer.offsets import PartitionProgress
+from consumer.kafka.offsets import PartitionProgress
 
 
 def test_nothing_to_commit_until_the_first_offset_finishes() -> None:

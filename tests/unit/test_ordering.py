@@ -1,6 +1,6 @@
 import asyncio
 
-from consumer.ordering import KeyOrderedScheduler
+from consumer.kafka.ordering import KeyOrderedScheduler
 
 
 async def test_jobs_of_one_key_run_in_submission_order_and_never_overlap() -> None:

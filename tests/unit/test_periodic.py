@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from consumer.periodic import every
+from consumer.runtime.periodic import every
 
 
 async def test_ticks_are_numbered_and_stop_with_the_block() -> None:

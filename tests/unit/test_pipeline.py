@@ -4,9 +4,9 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from consumer.errors import ConflictError
-from consumer.events import OrderCancelled, result_event_id
-from consumer.pipeline import (
+from consumer.core.errors import ConflictError
+from consumer.core.events import OrderCancelled, result_event_id
+from consumer.core.pipeline import (
     InvalidRecord,
     TraceRef,
     cancel_request,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.errors import (
+from consumer.core.errors import (
     AuthError,
     CancelError,
     ConflictError,

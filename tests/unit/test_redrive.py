@@ -10,9 +10,9 @@ import orjson
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from consumer import headers as h
-from consumer.events import OrderCancelled, result_event_id
-from consumer.redrive import (
+from consumer.core.events import OrderCancelled, result_event_id
+from consumer.kafka import headers as h
+from consumer.tools.redrive import (
     REDRIVEN_FROM,
     Plan,
     RedriveFilter,

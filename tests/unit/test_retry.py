@@ -2,14 +2,14 @@ import asyncio
 
 import pytest
 
-from consumer.errors import (
+from consumer.core.errors import (
     CancelError,
     NotFoundError,
     RateLimitedError,
     UnavailableError,
 )
+from consumer.core.retry import AccountGate, RetryPolicy, cancel_with_retries
 from consumer.providers.base import CancelOutcome
-from consumer.retry import AccountGate, RetryPolicy, cancel_with_retries
 
 
 class ScriptedAttempts:

@@ -8,11 +8,11 @@ import asyncio
 from aiokafka import ConsumerRecord, TopicPartition
 from opentelemetry.trace import NoOpTracer
 
-from consumer.canceller import Canceller, ProviderAccount
 from consumer.config import KafkaSettings, ProcessingSettings
+from consumer.core.canceller import Canceller, ProviderAccount
+from consumer.core.retry import AccountGate, RetryPolicy
+from consumer.kafka.runner import Runner
 from consumer.providers.base import CancelOutcome, CancelRequest
-from consumer.retry import AccountGate, RetryPolicy
-from consumer.runner import Runner
 from tests.telemetry.fake_kafka import FakeConsumer, RecordingProducer, clients
 from tests.unit.test_runner_drain import event_record
 

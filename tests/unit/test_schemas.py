@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from consumer import headers
-from consumer.events import CancelFailed, OrderCancelled, ShipmentCancelled
-from consumer.schemas import (
+from consumer.core.events import CancelFailed, OrderCancelled, ShipmentCancelled
+from consumer.kafka import headers
+from consumer.tools.schemas import (
     ASYNCAPI_FILE,
     JSON_SCHEMA_DIALECT,
     SCHEMA_BASE_URL,

@@ -42,11 +42,10 @@ from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
 
-from consumer import headers as h
-from consumer.canceller import Canceller
 from consumer.config import KafkaSettings, ProcessingSettings
-from consumer.errors import ErrorCategory
-from consumer.events import (
+from consumer.core.canceller import Canceller
+from consumer.core.errors import ErrorCategory
+from consumer.core.events import (
     CancelFailed,
     OrderCancelled,
     ResultEvent,
@@ -54,12 +53,18 @@ from consumer.events import (
     dump_event,
     utc_now,
 )
-from consumer.kafka_client import KafkaSecurityError, check_security, client_options
-from consumer.metrics import NONE, Metrics
-from consumer.offsets import PartitionProgress
-from consumer.ordering import KeyOrderedScheduler
-from consumer.pipeline import InvalidRecord, TraceRef, invalid_record_result, parse_order_cancelled
-from consumer.telemetry import (
+from consumer.core.pipeline import (
+    InvalidRecord,
+    TraceRef,
+    invalid_record_result,
+    parse_order_cancelled,
+)
+from consumer.kafka import headers as h
+from consumer.kafka.clients import KafkaSecurityError, check_security, client_options
+from consumer.kafka.offsets import PartitionProgress
+from consumer.kafka.ordering import KeyOrderedScheduler
+from consumer.observability.metrics import NONE, Metrics
+from consumer.observability.tracing import (
     CANCEL_OUTCOME,
     CANCELLED,
     FAILED,

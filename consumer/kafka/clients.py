@@ -19,7 +19,7 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 
 from consumer.config import KafkaSettings
-from consumer.errors import ConfigError
+from consumer.core.errors import ConfigError
 
 _SASL_REFUSALS = (
     SaslAuthenticationFailed,

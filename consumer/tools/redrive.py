@@ -31,10 +31,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
-from consumer import headers as h
 from consumer.config import KafkaSettings
-from consumer.events import CancelFailed, OrderCancelled
-from consumer.kafka_client import client_options
+from consumer.core.events import CancelFailed, OrderCancelled
+from consumer.kafka import headers as h
+from consumer.kafka.clients import client_options
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 Source = Literal["dlq", "failed"]
@@ -276,7 +276,7 @@ async def read_topic(
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer.topics()
+    await consumer.tools.topics()
     return consumer.partitions_for_topic(topic) or set()
 
 

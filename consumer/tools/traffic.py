@@ -22,7 +22,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from consumer.config import KafkaSettings
-from consumer.kafka_client import check_security, client_options
+from consumer.kafka.clients import check_security, client_options
 
 log = logging.getLogger(__name__)
 

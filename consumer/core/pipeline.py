@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from consumer.errors import CancelError, ErrorCategory
-from consumer.events import (
+from consumer.core.errors import CancelError, ErrorCategory
+from consumer.core.events import (
     CancelFailed,
     ErrorDetail,
     OrderCancelled,

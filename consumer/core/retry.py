@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from consumer.errors import CancelError, ProviderTimeoutError, RateLimitedError
+from consumer.core.errors import CancelError, ProviderTimeoutError, RateLimitedError
 from consumer.providers.base import CancelOutcome
 from consumer.providers.ratelimit import tracking_token_waits
 

@@ -1,8 +1,8 @@
 """Generate ``schemas/`` from the wire models: JSON Schema per event plus an AsyncAPI 3 document.
 
-``python -m consumer.schemas [--out DIR]`` (``make schemas``) writes the files; a unit test
+``python -m consumer.tools.schemas [--out DIR]`` (``make schemas``) writes the files; a unit test
 fails when the files on disk differ from ``render_schemas()``. The models in
-``consumer.events`` stay the source of truth: never edit ``schemas/`` by hand.
+``consumer.core.events`` stay the source of truth: never edit ``schemas/`` by hand.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 from pydantic_core import core_schema
 
-from consumer import headers
-from consumer.events import CancelFailed, OrderCancelled, ShipmentCancelled
+from consumer.core.events import CancelFailed, OrderCancelled, ShipmentCancelled
 from consumer.ingress.openapi import INGRESS_OPENAPI_FILE, ingress_openapi_document
+from consumer.kafka import headers
 
 # Stable identifiers: consumers may cache or reference the schemas by these URLs.
 SCHEMA_BASE_URL: Final = "https://schemas.example.com/shipment-cancel-processor/"
@@ -406,7 +406,7 @@ def _string(text: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m consumer.schemas",
+        prog="python -m consumer.tools.schemas",
         description="Write JSON Schema and AsyncAPI files generated from the event models.",
     )
     parser.add_argument("--out", type=Path, default=Path("schemas"), help="default: ./schemas")

@@ -13,19 +13,18 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
 from opentelemetry.trace import NoOpTracer, Span, Tracer, get_current_span
 
-from consumer.errors import CancelError, InternalError, UnknownProviderError
-from consumer.events import CancelFailed, OrderCancelled, ResultEvent, ShipmentRef, utc_now
-from consumer.metrics import Metrics
-from consumer.pipeline import (
+from consumer.core.errors import CancelError, InternalError, UnknownProviderError
+from consumer.core.events import CancelFailed, OrderCancelled, ResultEvent, ShipmentRef, utc_now
+from consumer.core.pipeline import (
     TraceRef,
     cancel_request,
     cancelled_result,
     failed_result,
     shipment_result_id,
 )
-from consumer.providers.base import Provider
-from consumer.retry import AccountGate, Attempted, RetryPolicy, cancel_with_retries
-from consumer.telemetry import (
+from consumer.core.retry import AccountGate, Attempted, RetryPolicy, cancel_with_retries
+from consumer.observability.metrics import Metrics
+from consumer.observability.tracing import (
     CANCEL_ATTEMPTS,
     CANCEL_OUTCOME,
     CANCEL_PROVIDER,
@@ -38,6 +37,7 @@ from consumer.telemetry import (
     leave_provider_scope,
     record_slot_wait,
 )
+from consumer.providers.base import Provider
 
 log = logging.getLogger(__name__)
 

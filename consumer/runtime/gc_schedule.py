@@ -18,7 +18,7 @@ import contextlib
 import gc
 from collections.abc import AsyncIterator
 
-from consumer.periodic import every
+from consumer.runtime.periodic import every
 
 PERIOD_SECONDS = 10.0
 # Every Nth tick collects the middle generation (each minute), every Mth all of them (each

@@ -1,5 +1,5 @@
-"""OpenTelemetry set-up, W3C trace-context propagation through Kafka headers, and the
-telemetry of provider HTTP calls.
+"""Tracing helpers: W3C trace-context propagation through Kafka headers, span scopes, and
+the telemetry of provider HTTP calls.
 
 Every provider call goes through ``providers.http.send``, which knows the URL but not the
 account it calls for. The canceller sets a ``ProviderScope`` (account name, tracer,
@@ -10,41 +10,16 @@ copied from them stays in ``providers.http``: ``ClientCall`` is given clean valu
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import orjson
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-    OTLPMetricExporter as GrpcMetricExporter,
-)
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-    OTLPSpanExporter as GrpcSpanExporter,
-)
-from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-    OTLPMetricExporter as HttpMetricExporter,
-)
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-    OTLPSpanExporter as HttpSpanExporter,
-)
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    MetricExporter,
-    MetricReader,
-    PeriodicExportingMetricReader,
-)
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.sampling import DEFAULT_OFF
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.http_attributes import (
     HTTP_REQUEST_METHOD,
@@ -56,14 +31,9 @@ from opentelemetry.semconv.attributes.url_attributes import URL_FULL
 from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from consumer import headers as h
-from consumer.errors import ConfigError
-from consumer.metrics import PROVIDER, Metrics
-
-if TYPE_CHECKING:
-    # Type only: config imports the providers, whose HTTP layer imports this module.
-    from consumer.config import TelemetrySettings
-    from consumer.events import ErrorDetail
+from consumer.core.events import ErrorDetail
+from consumer.kafka import headers as h
+from consumer.observability.metrics import PROVIDER, Metrics
 
 # Our own span attributes, next to the semantic conventions' ones.
 ORDER_ID = "order.id"
@@ -88,88 +58,6 @@ _W3C = TraceContextTextMapPropagator()
 _TRACE_HEADERS = (h.TRACEPARENT, h.TRACESTATE)
 # A tracestate longer than the W3C limit (512 chars) is dropped, never parsed.
 _MAX_TRACE_HEADER_BYTES = 512
-
-
-# OTLP transport names of the OTel spec; http/protobuf is the spec's default.
-_GRPC = "grpc"
-_HTTP = "http/protobuf"
-
-
-def build_tracer_provider(
-    settings: TelemetrySettings, *, env: Mapping[str, str] | None = None
-) -> TracerProvider:
-    """A real SDK provider even with no exporter: result events need real trace ids.
-
-    With no exporter, spans are recorded only when the inbound ``traceparent`` asks for it
-    (so the sampled flag we pass downstream is the ERP's); otherwise they are id-only and
-    cost next to nothing. With an exporter, the SDK's sampler applies (``OTEL_TRACES_SAMPLER``,
-    default: record everything, following the parent's decision).
-    """
-    if settings.traces_exporter == "none":
-        return TracerProvider(resource=_resource(settings), sampler=DEFAULT_OFF)
-    provider = TracerProvider(resource=_resource(settings))
-    if settings.traces_exporter == "console":
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-    elif settings.traces_exporter == "otlp":
-        provider.add_span_processor(BatchSpanProcessor(otlp_span_exporter(env)))
-    return provider
-
-
-def build_meter_provider(
-    settings: TelemetrySettings,
-    *,
-    env: Mapping[str, str] | None = None,
-    extra_readers: Iterable[MetricReader] = (),
-) -> MeterProvider:
-    """Prometheus reader (prometheus_client's default registry) plus OTLP when configured.
-
-    Call ``shutdown()`` on the result: it unregisters the Prometheus collector, so a second
-    provider in the same process does not serve stale series.
-    """
-    readers: list[MetricReader] = [PrometheusMetricReader(scope_info_enabled=False)]
-    if settings.metrics_exporter == "otlp":
-        readers.append(PeriodicExportingMetricReader(otlp_metric_exporter(env)))
-    readers.extend(extra_readers)
-    # No exemplars: the Prometheus text format drops them, and offering one to the
-    # reservoir on every measurement inside a span is a third of a measurement's cost.
-    return MeterProvider(
-        metric_readers=readers,
-        resource=_resource(settings),
-        exemplar_filter=AlwaysOffExemplarFilter(),
-    )
-
-
-def otlp_protocol(signal: str, env: Mapping[str, str] | None = None) -> str:
-    """The OTLP transport for ``signal`` ("traces"/"metrics") from the standard variables."""
-    env = os.environ if env is None else env
-    raw = (
-        env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
-        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or _HTTP
-    ).strip()
-    if raw not in (_GRPC, _HTTP):
-        raise ConfigError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL: {raw!r} is not supported (use grpc or http/protobuf)"
-        )
-    return raw
-
-
-def otlp_span_exporter(env: Mapping[str, str] | None = None) -> SpanExporter:
-    """Endpoint, headers, TLS and timeout come from ``OTEL_EXPORTER_OTLP_*``, read by the
-    exporter itself. No connection is made until the first export."""
-    if otlp_protocol("traces", env) == _GRPC:
-        return GrpcSpanExporter()
-    return HttpSpanExporter()
-
-
-def otlp_metric_exporter(env: Mapping[str, str] | None = None) -> MetricExporter:
-    if otlp_protocol("metrics", env) == _GRPC:
-        return GrpcMetricExporter()
-    return HttpMetricExporter()
-
-
-def _resource(settings: TelemetrySettings) -> Resource:
-    return Resource.create({"service.name": settings.service_name})
 
 
 class _HeaderGetter(Getter[dict[str, str]]):

@@ -26,7 +26,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, for_code
 
 from consumer.config import KafkaSettings, TopicsSettings
-from consumer.kafka_client import check_security, client_options
+from consumer.kafka.clients import check_security, client_options
 
 _TOPIC_ALREADY_EXISTS = 36
 # Metadata of a topic created a moment ago may not have reached every broker yet.

@@ -20,14 +20,14 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from consumer import headers as h
 from consumer.app import run_service
 from consumer.config import BOOTSTRAP_ENV, Settings, settings_from_mapping
-from consumer.embedded_broker import EmbeddedBroker
-from consumer.kafka_client import client_options
-from consumer.logs import configure_logging
+from consumer.kafka import headers as h
+from consumer.kafka.clients import client_options
+from consumer.observability.logs import configure_logging
 from consumer.simulator import Simulator
-from consumer.topics import ensure_topics
+from consumer.tools.embedded_broker import EmbeddedBroker
+from consumer.tools.topics import ensure_topics
 
 
 @dataclass(frozen=True, slots=True)

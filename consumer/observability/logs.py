@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import orjson
 from opentelemetry import trace
 
-from consumer.periodic import every
+from consumer.runtime.periodic import every
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}

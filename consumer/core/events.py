@@ -1,5 +1,5 @@
 """Wire models of the three event types (v1). These models are the contract's source of truth;
-``schemas/`` is generated from them (``python -m consumer.schemas``)."""
+``schemas/`` is generated from them (``python -m consumer.tools.schemas``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from consumer.errors import ErrorCategory
+from consumer.core.errors import ErrorCategory
 
 Lookup = Literal["id", "key"]
 

@@ -1,0 +1,1 @@
+"""The Kafka runtime: the consume loop, in-flight tracking, commits, publishing, health."""

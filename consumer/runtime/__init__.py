@@ -1,0 +1,1 @@
+"""Run-time tuning of the process: collections and ticks on a clock."""

@@ -1,0 +1,1 @@
+"""Operator commands: demo, traffic, topics, redrive, schemas, the embedded broker."""
