@@ -21,6 +21,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from consumer.config import load_settings
+from consumer.core import headers as h
 from consumer.core.errors import CancelError
 from consumer.core.events import (
     OrderCancelled,
@@ -37,7 +38,6 @@ from consumer.core.pipeline import (
     parse_order_cancelled,
     shipment_result_id,
 )
-from consumer.kafka import headers as h
 from consumer.providers import build_provider
 
 

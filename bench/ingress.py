@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.procs import cpu_seconds, machine, peak_rss_mb, py_spy
 from consumer.config import KafkaSettings
+from consumer.core.examples import order_cancelled_example
 from consumer.ingress.server import ROUTE
 from consumer.ingress.signature import SIGNATURE_HEADER, SOURCE_HEADER, sign
 from consumer.tools.embedded_broker import EmbeddedBroker, free_port
@@ -77,15 +78,11 @@ class Tally:
 def body_for(n: int, prefix: str) -> tuple[str, bytes]:
     event_id = str(uuid.uuid4())
     body = orjson.dumps(
-        {
-            "event_id": event_id,
-            "event_type": "order.cancelled",
-            "schema_version": 1,
-            "occurred_at": "2026-11-21T10:00:00Z",
-            "order_id": f"SO-{prefix}-{n % 5000}",
-            "reason": "Customer changed their mind",
-            "shipments": [{"provider": "shipstation", "shipment_id": f"se-{prefix}-{n}"}],
-        }
+        order_cancelled_example(
+            event_id=event_id,
+            order_id=f"SO-{prefix}-{n % 5000}",
+            shipments=[{"provider": "shipstation", "shipment_id": f"se-{prefix}-{n}"}],
+        )
     )
     return event_id, body
 

@@ -5,7 +5,7 @@
 The real runner, canceller and provider adapters (through the account's rate limiter and
 concurrency cap, tracing into a ``BatchSpanProcessor`` that drops the spans, the metrics
 SDK, garbage collection on the clock of ``run``) handle the bench's events in this process.
-Kafka is the recording fakes of ``tests/telemetry/fake_kafka.py`` and each provider answers
+Kafka is the in-memory clients of ``consumer.kafka.memory`` and each provider answers
 at once through ``httpx.MockTransport``. Prints the CPU per event of each run and the best.
 
 On a shared machine ``make bench`` moved by a third between runs and this by about 15 %:
@@ -35,10 +35,16 @@ from bench.processor import DropSpans
 from bench.run import write_config
 from consumer import app
 from consumer.config import load_settings
+from consumer.kafka.memory import (
+    MemoryConsumer,
+    MemoryProducer,
+    consumer_record,
+    memory_clients,
+    run_until,
+)
 from consumer.observability.metrics import Metrics
 from consumer.observability.telemetry import build_meter_provider, build_tracer_provider
 from consumer.runtime.gc_schedule import clocked_collections
-from tests.telemetry.fake_kafka import FakeConsumer, RecordingProducer, clients, record, run_until
 
 _JSON = {"content-type": "application/json"}
 _SHIPMENT = orjson.dumps({"id": "SHP-1", "status": "CANCELED"})
@@ -65,7 +71,9 @@ async def one_run(events: int, tracing: bool, workdir: Path) -> float:
     settings = load_settings(write_config(workdir / "run.toml", kafka, "http://sim.test", 0), {})
     partition = TopicPartition(kafka.input_topic, 0)
     records = [
-        record(partition, offset, value, key=key, headers=[("traceparent", load.traceparent())])
+        consumer_record(
+            partition, offset, value, key=key, headers=[("traceparent", load.traceparent())]
+        )
         for offset, (key, value, _) in enumerate(load.events(events, events // 4, "in"))
     ]
     if tracing:
@@ -81,16 +89,16 @@ async def one_run(events: int, tracing: bool, workdir: Path) -> float:
     app.provider_transport = instant_transport  # type: ignore[attr-defined]
     try:
         async with AsyncExitStack() as stack, clocked_collections():
-            producer = RecordingProducer()
+            producer = MemoryProducer()
             runner = await app.build_runner(
                 settings,
                 stack,
                 tracer,
                 metrics,
-                clients=clients(FakeConsumer(partition, records), producer),
+                clients=memory_clients(MemoryConsumer(partition, records), producer),
             )
             started = time.process_time()
-            await run_until(runner, lambda: len(producer.sent) >= events, timeout=600)
+            await run_until(runner.run, lambda: len(producer.sent) >= events, timeout=600)
             return (time.process_time() - started) / events
     finally:
         app.provider_transport = original_transport  # type: ignore[attr-defined]

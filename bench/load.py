@@ -15,7 +15,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumer.config import KafkaSettings
-from consumer.kafka import headers as h
+from consumer.core import headers as h
+from consumer.core.examples import order_cancelled_example
 from consumer.tools.topics import ensure_topics
 
 PARTITIONS = 6
@@ -60,15 +61,11 @@ def events(count: int, orders: int, prefix: str) -> Iterator[tuple[bytes, bytes,
         provider = PROVIDERS[n % len(PROVIDERS)]
         shipment = f"{'se' if provider == 'shipstation' else 'SHP'}-{prefix}-{n}"
         value = orjson.dumps(
-            {
-                "event_id": event_id,
-                "event_type": "order.cancelled",
-                "schema_version": 1,
-                "occurred_at": "2026-11-21T10:00:00Z",
-                "order_id": order_id,
-                "reason": "Customer changed their mind",
-                "shipments": [{"provider": provider, "shipment_id": shipment}],
-            }
+            order_cancelled_example(
+                event_id=event_id,
+                order_id=order_id,
+                shipments=[{"provider": provider, "shipment_id": shipment}],
+            )
         )
         yield order_id.encode(), value, event_id
 

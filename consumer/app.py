@@ -15,7 +15,8 @@ from consumer.config import Settings
 from consumer.core.canceller import Canceller, ProviderAccount
 from consumer.core.errors import ConfigError
 from consumer.core.retry import AccountGate, RetryPolicy
-from consumer.kafka.runner import KafkaClients, Runner
+from consumer.kafka.runner import Runner
+from consumer.kafka.seams import KafkaClients
 from consumer.observability.logs import flushing_logs
 from consumer.observability.metrics import Metrics
 from consumer.observability.ops_http import Readiness, serve_ops

@@ -11,6 +11,8 @@ from typing import Any, Final
 
 from pydantic.json_schema import models_json_schema
 
+from consumer.core import headers as h
+from consumer.core.examples import ORDER_CANCELLED_EXAMPLE
 from consumer.ingress.responses import Accepted, Error, InvalidEvent
 from consumer.ingress.server import RETRY_AFTER_SECONDS, ROUTE
 from consumer.ingress.signature import (
@@ -19,7 +21,6 @@ from consumer.ingress.signature import (
     TOLERANCE_SECONDS,
     SignatureFailure,
 )
-from consumer.kafka import headers as h
 
 INGRESS_OPENAPI_FILE: Final = "ingress-openapi.yaml"
 
@@ -34,19 +35,8 @@ SIGNATURE_PATTERN: Final = (
 _SIGNATURE_EXAMPLE: Final = (
     "t=1795255200,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"
 )
-# The DESIGN.md input example; the tests build their valid events from it too.
-EXAMPLE_EVENT: Final[dict[str, Any]] = {
-    "event_id": "0f8c3c2e-6a1b-4a7e-9d0f-2d1b6f5a9e11",
-    "event_type": "order.cancelled",
-    "schema_version": 1,
-    "occurred_at": "2026-11-21T10:00:00Z",
-    "order_id": "SO-1001",
-    "reason": "Customer changed their mind",
-    "shipments": [
-        {"provider": "shipstation", "shipment_id": "se-28529731"},
-        {"provider": "mvmnt", "shipment_id": "SHP-12345", "lookup": "key"},
-    ],
-}
+# The request body example of the OpenAPI document.
+EXAMPLE_EVENT: Final = ORDER_CANCELLED_EXAMPLE
 
 _DESCRIPTION: Final = (
     "For senders that cannot publish to Kafka: a signed HTTP request becomes the same "

@@ -20,13 +20,15 @@ from aiokafka.errors import BrokerResponseError, KafkaError, MessageSizeTooLarge
 from aiokafka.structs import RecordMetadata
 
 from consumer.config import KafkaSettings
+from consumer.core.backoff import Backoff
 from consumer.kafka.clients import client_options
+from consumer.kafka.connect import connect
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
 
-_CONNECT_RETRY_SECONDS: Final = (0.5, 1.0, 2.0, 5.0)
+_CONNECT_BACKOFF: Final = Backoff((0.5, 1.0, 2.0, 5.0))
 # How often an idle producer checks that the broker still answers (for /readyz).
 _PROBE_INTERVAL_SECONDS: Final = 5.0
 # aiokafka sends one produce request per broker at a time and batches whatever queued
@@ -187,33 +189,32 @@ class KafkaPublisher:
         )
 
     async def _connect_and_watch(self) -> None:
-        attempt = 0
-        while self._producer is None:
-            producer = self._new_producer()
-            try:
-                await producer.start()
-            except asyncio.CancelledError:
-                await producer.stop()
-                raise
-            except (KafkaError, OSError) as exc:  # OSError: DNS, TLS
-                await producer.stop()
-                wait = _CONNECT_RETRY_SECONDS[min(attempt, len(_CONNECT_RETRY_SECONDS) - 1)]
-                attempt += 1
-                self._reason = f"kafka broker unreachable: {type(exc).__name__}"
-                log.warning(
-                    "kafka broker unreachable, retrying",
-                    extra={
-                        "bootstrap_servers": self._kafka.bootstrap_servers,
-                        "error": str(exc),
-                        "retry_in_seconds": wait,
-                    },
-                )
-                await asyncio.sleep(wait)
-                continue
-            self._producer = producer
-            self._reachable, self._reason = True, "ok"
-            log.info("connected to kafka", extra={"topic": self._topic})
-        await self._probe_forever(self._producer)
+        # Cancelled by ``stop``: nothing else ends the connecting.
+        producer = await connect(
+            self._start_producer,
+            bootstrap_servers=self._kafka.bootstrap_servers,
+            stop=asyncio.Event(),
+            unreachable=(KafkaError, OSError),  # OSError: DNS, TLS
+            backoff=_CONNECT_BACKOFF,
+            on_unreachable=self._unreachable,
+        )
+        assert producer is not None
+        self._producer = producer
+        self._reachable, self._reason = True, "ok"
+        log.info("connected to kafka", extra={"topic": self._topic})
+        await self._probe_forever(producer)
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        producer = self._new_producer()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    def _unreachable(self, exc: Exception) -> None:
+        self._reason = f"kafka broker unreachable: {type(exc).__name__}"
 
     async def _probe_forever(self, producer: AIOKafkaProducer) -> None:
         while True:

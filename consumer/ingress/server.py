@@ -36,6 +36,7 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from consumer.config import IngressSettings
+from consumer.core import headers as h
 from consumer.core.events import OrderCancelled
 from consumer.ingress.idempotency import Conflict, IdempotencyWindow
 from consumer.ingress.publisher import (
@@ -58,7 +59,6 @@ from consumer.ingress.signature import (
     resolve_secret,
 )
 from consumer.ingress.validation import validate_event
-from consumer.kafka import headers as h
 from consumer.observability.metrics import Tally, duration_histogram
 from consumer.observability.ops_http import Readiness, add_ops_routes
 from consumer.observability.tracing import extract_context, inject_headers

@@ -1,11 +1,13 @@
-"""Connection options shared by every Kafka client we create (security, client id), and
-the check that the broker accepts our credentials and certificate before we start."""
+"""The processor's Kafka clients: the options shared by every client we create (security,
+client id), the consumer and producer settings, and the check that the broker accepts our
+credentials and certificate before we start."""
 
 from __future__ import annotations
 
 import ssl
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
@@ -18,8 +20,9 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from consumer.config import KafkaSettings
+from consumer.config import KafkaSettings, ProcessingSettings
 from consumer.core.errors import ConfigError
+from consumer.kafka.seams import KafkaConsumer, KafkaProducer
 
 _SASL_REFUSALS = (
     SaslAuthenticationFailed,
@@ -28,6 +31,10 @@ _SASL_REFUSALS = (
     UnsupportedSaslMechanismError,
     IllegalSaslStateError,
 )
+
+
+# A new group starts from the oldest retained event: no cancellation is skipped.
+AUTO_OFFSET_RESET = "earliest"
 
 
 class KafkaSecurityError(ConfigError):
@@ -110,3 +117,38 @@ def _sasl_refused(kafka: KafkaSettings, where: str, detail: str) -> str:
         f"kafka broker {where}: SASL {kafka.sasl_mechanism} login as {kafka.sasl_username!r}"
         f" refused ({detail}); check kafka.sasl_username and kafka.sasl_password"
     )
+
+
+def aiokafka_clients(
+    kafka: KafkaSettings, processing: ProcessingSettings
+) -> tuple[KafkaConsumer, KafkaProducer]:
+    """The consumer (manual commits) and the producer (``acks=all``) of the processor."""
+    consumer = AIOKafkaConsumer(
+        group_id=kafka.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=AUTO_OFFSET_RESET,
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        # The group waits this long for us to rejoin: long enough for a full drain.
+        rebalance_timeout_ms=max(
+            kafka.session_timeout_ms,
+            int(processing.drain_grace_seconds * 1000) + kafka.request_timeout_ms,
+        ),
+        max_poll_interval_ms=kafka.max_poll_interval_ms,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+        fetch_max_bytes=kafka.fetch_max_bytes,
+        request_timeout_ms=kafka.request_timeout_ms,
+        **client_options(kafka),
+    )
+    producer = AIOKafkaProducer(
+        acks="all",
+        enable_idempotence=kafka.enable_idempotence,
+        linger_ms=5,
+        # aiokafka's 16 KiB default fills in a few ms at thousands of results per second,
+        # and a full batch makes every send wait for it to drain.
+        max_batch_size=256 * 1024,
+        max_request_size=kafka.max_request_bytes,
+        request_timeout_ms=kafka.request_timeout_ms,
+        **client_options(kafka),
+    )
+    return consumer, producer

@@ -31,8 +31,8 @@ from opentelemetry.semconv.attributes.url_attributes import URL_FULL
 from opentelemetry.trace import NoOpTracer, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from consumer.core import headers as h
 from consumer.core.events import ErrorDetail
-from consumer.kafka import headers as h
 from consumer.observability.metrics import PROVIDER, Metrics
 
 # Our own span attributes, next to the semantic conventions' ones.

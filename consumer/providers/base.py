@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +49,28 @@ class CancelOutcome:
     provider_request_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    """What a provider's error answer says, as that provider's module reads its body.
+
+    Any part may be missing: a body may be empty, not JSON, or another shape altogether.
+    """
+
+    # The provider's error code (its enum value, an OAuth error, ...).
+    code: str | None = None
+    # Its human-readable explanation.
+    message: str | None = None
+    # The provider's id of the request; the ``x-request-id`` header when the body has none.
+    request_id: str | None = None
+    # The provider's error objects as they came, kept whole on the error.
+    errors: tuple[dict[str, Any], ...] = ()
+
+
+# How one provider reads the JSON object of its error answers. Each provider module has
+# one, hands it to ``providers.http.send`` (the call's span) and reads its errors with it.
+ErrorBodyReader = Callable[[dict[str, Any]], ErrorBody]
+
+
 class Provider(Protocol):
     """One configured provider account."""
 
@@ -60,7 +83,8 @@ class Provider(Protocol):
 
 
 def error_class_for_status(status: int) -> type[CancelError]:
-    """The DESIGN.md category of an HTTP status, before any provider-specific refinement."""
+    """The error category (``consumer.core.errors``) of an HTTP status, before any
+    provider-specific refinement."""
     if status in (400, 422):
         return RejectedError
     if status in (401, 403):

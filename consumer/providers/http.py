@@ -2,7 +2,8 @@
 
 Provider answers are untrusted input: a proxy may answer HTML, a body may be empty or echo
 what we sent. Nothing here raises on a bad body; the adapters decide what a missing field
-means.
+means. Nothing here knows a provider's error shape either: each provider module has its
+``ErrorBodyReader``, which ``send`` (for the call's span) and ``read_error`` apply.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ import orjson
 
 from consumer.core.errors import CancelError, ConflictError, InternalError, TransientError
 from consumer.observability.tracing import ClientCall
-from consumer.providers.base import parse_retry_after, transport_error
+from consumer.providers.base import (
+    ErrorBody,
+    ErrorBodyReader,
+    parse_retry_after,
+    transport_error,
+)
 from consumer.providers.client import HttpClient
 
 USER_AGENT = f"shipment-cancel-processor/{importlib.metadata.version('shipment-cancel-processor')}"
@@ -91,12 +97,15 @@ async def send(
     params: Mapping[str, str] | None = None,
     json: Any = None,
     form: Mapping[str, str] | None = None,
+    error_body: ErrorBodyReader | None = None,
 ) -> httpx.Response:
     """Send one request to ``url`` + ``path`` (percent-encoded); transport failures become
     our taxonomy, naming only ``what``.
 
     Each call is one CLIENT span and one ``http.client.request.duration`` sample (none for
-    a call abandoned on cancellation). The span always ends, whatever happens.
+    a call abandoned on cancellation). The span always ends, whatever happens. An error
+    answer's request id and error code go on the span as ``error_body`` (the provider's
+    reader) finds them.
     """
     target = request_url(url, path, params)
     content = None
@@ -128,7 +137,7 @@ async def send(
         # every answer would wait for the cyclic garbage collector; it is read whole: cut it.
         response.stream = httpx.ByteStream(response.content)
         if call.recording:
-            call.answered(response.status_code, *_provider_ids(response, secrets))
+            call.answered(response.status_code, *_provider_ids(response, error_body, secrets))
         else:
             call.answered(response.status_code)
         return response
@@ -188,22 +197,16 @@ def _credentials(headers: Mapping[str, str], form: Mapping[str, str] | None) -> 
     return found
 
 
-def _provider_ids(response: httpx.Response, secrets: list[str]) -> tuple[str | None, str | None]:
-    """The provider's request id and, for an error answer, its error code, in the shapes
-    our providers use: ShipStation ``{request_id, errors: [{error_code}]}``, MVMNT
-    ``{"error": "code"}`` or ``{"error": {"code"}}``, problem+json ``{code | type}``; the
-    ``x-request-id`` header otherwise."""
+def _provider_ids(
+    response: httpx.Response, error_body: ErrorBodyReader | None, secrets: list[str]
+) -> tuple[str | None, str | None]:
+    """The provider's request id and, for an error answer, its error code, as the provider's
+    ``error_body`` reads them from the body (failing a code, a problem+json ``type``, the
+    RFC 9457 name of the problem); the ``x-request-id`` header names the request otherwise."""
     body = json_object(response) if response.status_code >= 400 else None
-    code: str | None = None
-    if body is not None:
-        errors = body.get("errors")
-        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
-            code = text_field(errors[0], "error_code")
-        error = body.get("error")
-        code = code or (text_field(error, "code") if isinstance(error, dict) else None)
-        code = code or text_field(body, "error") or text_field(body, "code")
-        code = code or text_field(body, "type")
-    found = text_field(body, "request_id") or request_id(response)
+    said = error_body(body) if body is not None and error_body is not None else ErrorBody()
+    code = said.code or text_field(body, "type")
+    found = said.request_id or request_id(response)
     return _span_value(found, secrets), _span_value(code, secrets)
 
 
@@ -273,27 +276,36 @@ def _redact(value: Any, needles: list[str]) -> Any:
     return value
 
 
+def read_error(response: httpx.Response, error_body: ErrorBodyReader) -> ErrorBody:
+    """What an error answer says, as the provider's ``error_body`` reads it; nothing when
+    the body is not a JSON object."""
+    body = json_object(response)
+    return ErrorBody() if body is None else error_body(body)
+
+
 def error_from_response(
     error_class: type[CancelError],
-    message: str,
+    what: str,
     response: httpx.Response,
+    said: ErrorBody,
     *,
     secrets: Iterable[str],
-    provider_code: str | None = None,
-    provider_request_id: str | None = None,
-    provider_errors: list[dict[str, Any]] | None = None,
 ) -> CancelError:
-    """An error of ``error_class`` carrying the response's details, secrets redacted."""
+    """An error of ``error_class`` for the call ``what``, carrying the response's details
+    and what its body ``said`` (``read_error``), secrets redacted."""
     needles = list(secrets)
+    message = f"{what}: {describe(response)}"
+    if said.message:
+        message += f": {said.message}"
     retry_after = (
         parse_retry_after(response.headers) if issubclass(error_class, TransientError) else None
     )
     return error_class(
         redact(message, needles),
         http_status=response.status_code,
-        provider_code=redact(provider_code, needles),
-        provider_request_id=redact(provider_request_id or request_id(response), needles),
-        provider_errors=redact(provider_errors or [], needles),
+        provider_code=redact(said.code, needles),
+        provider_request_id=redact(said.request_id or request_id(response), needles),
+        provider_errors=redact(list(said.errors), needles),
         retry_after=retry_after,
     )
 

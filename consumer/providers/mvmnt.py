@@ -31,16 +31,16 @@ from consumer.core.errors import AuthError, CancelError, InternalError, RateLimi
 from consumer.providers.base import (
     CancelOutcome,
     CancelRequest,
+    ErrorBody,
     ProviderSettingsBase,
     error_class_for_status,
 )
 from consumer.providers.client import HttpClient
 from consumer.providers.http import (
     conflict_keeping,
-    describe,
     error_from_response,
-    json_object,
     path_segment,
+    read_error,
     request_id,
     send,
     success_object,
@@ -156,6 +156,7 @@ class ClientCredentials:
                 "client_id": self._client_id,
                 "client_secret": self._client_secret,
             },
+            error_body=error_body,
         )
         if not response.is_success:
             raise self._error(response, what)
@@ -189,7 +190,9 @@ class ClientCredentials:
             error_class = error_class_for_status(status)
         else:
             error_class = AuthError
-        return _error_from(response, error_class, what, self.secrets)
+        return error_from_response(
+            error_class, what, response, read_error(response, error_body), secrets=self.secrets
+        )
 
 
 def _lifetime(expires_in: Any) -> float:
@@ -307,6 +310,7 @@ class MvmntProvider:
                 headers={**headers, "Authorization": f"Bearer {token}"},
                 params=params,
                 json=json,
+                error_body=error_body,
             )
 
         if self._credentials is None:
@@ -324,42 +328,26 @@ class MvmntProvider:
         return (self._static_token or "",)
 
     def _error(self, response: httpx.Response, what: str) -> CancelError:
-        return _error_from(
-            response, error_class_for_status(response.status_code), f"mvmnt {what}", self._secrets()
+        return error_from_response(
+            error_class_for_status(response.status_code),
+            f"mvmnt {what}",
+            response,
+            read_error(response, error_body),
+            secrets=self._secrets(),
         )
 
 
-def _error_from(
-    response: httpx.Response,
-    error_class: type[CancelError],
-    what: str,
-    secrets: tuple[str, ...],
-) -> CancelError:
-    body = json_object(response)
-    code, detail = _code_and_detail(body)
-    message = f"{what}: {describe(response)}"
-    if detail:
-        message += f": {detail}"
-    return error_from_response(
-        error_class,
-        message,
-        response,
-        secrets=secrets,
-        provider_code=code,
-        provider_errors=[body] if body is not None else [],
-    )
-
-
-def _code_and_detail(body: dict[str, Any] | None) -> tuple[str | None, str | None]:
-    """The error code and message of any of MVMNT's error shapes (and OAuth's)."""
-    if body is None:
-        return None, None
+def error_body(body: dict[str, Any]) -> ErrorBody:
+    """Any of MVMNT's error shapes, and its token endpoint's (OAuth's): ``{"error": code,
+    "message"}``, ``{"error": {"code", "message"}}``, problem+json ``{"code"?, "title",
+    "detail"}``, ``{"error", "error_description"}``. The whole body is the one error; the
+    request id is the ``x-request-id`` header's."""
     nested = body.get("error")
     if isinstance(nested, dict):
-        code, detail = text_field(nested, "code"), text_field(nested, "message")
+        code, message = text_field(nested, "code"), text_field(nested, "message")
     else:
-        code, detail = text_field(body, "error"), None
+        code, message = text_field(body, "error"), None
     code = code or text_field(body, "code")
     for key in ("message", "detail", "error_description", "title"):
-        detail = detail or text_field(body, key)
-    return code, detail
+        message = message or text_field(body, key)
+    return ErrorBody(code=code, message=message, errors=(body,))

@@ -30,16 +30,16 @@ from consumer.core.errors import (
 from consumer.providers.base import (
     CancelOutcome,
     CancelRequest,
+    ErrorBody,
     ProviderSettingsBase,
     error_class_for_status,
 )
 from consumer.providers.client import HttpClient
 from consumer.providers.http import (
     conflict_keeping,
-    describe,
     error_from_response,
-    json_object,
     path_segment,
+    read_error,
     request_id,
     send,
     success_object,
@@ -144,6 +144,22 @@ def error_class(status: int, error_code: str | None, error_type: str | None) -> 
     if refined is None and (error_code in _VAGUE_CODES or error_code not in ERROR_CODE_CLASSES):
         refined = ERROR_TYPE_CLASSES.get(error_type or "")
     return refined or by_status
+
+
+def error_body(body: dict[str, Any]) -> ErrorBody:
+    """ShipStation's error answer ``{"request_id", "errors": [{"error_code", "message", ...}]}``:
+    the first error names the code and message; every error object is kept."""
+    raw_errors = body.get("errors")
+    errors = (
+        tuple(e for e in raw_errors if isinstance(e, dict)) if isinstance(raw_errors, list) else ()
+    )
+    first = errors[0] if errors else None
+    return ErrorBody(
+        code=text_field(first, "error_code"),
+        message=text_field(first, "message"),
+        request_id=text_field(body, "request_id"),
+        errors=errors,
+    )
 
 
 def is_state_refusal(status: int, error_code: str | None) -> bool:
@@ -286,28 +302,18 @@ class ShipStationProvider:
             http_timeout=self._settings.timeout_seconds,
             headers=headers,
             params=params,
+            error_body=error_body,
         )
 
     def _error(self, response: httpx.Response, what: str) -> CancelError:
-        body = json_object(response)
-        raw_errors = body.get("errors") if body is not None else None
-        errors: list[dict[str, Any]] = (
-            [e for e in raw_errors if isinstance(e, dict)] if isinstance(raw_errors, list) else []
-        )
-        first = errors[0] if errors else None
-        code = text_field(first, "error_code")
-        detail = text_field(first, "message")
-        message = f"shipstation {what}: {describe(response)}"
-        if detail:
-            message += f": {detail}"
+        said = read_error(response, error_body)
+        error_type = text_field(said.errors[0], "error_type") if said.errors else None
         return error_from_response(
-            error_class(response.status_code, code, text_field(first, "error_type")),
-            message,
+            error_class(response.status_code, said.code, error_type),
+            f"shipstation {what}",
             response,
+            said,
             secrets=self._secrets,
-            provider_code=code,
-            provider_request_id=text_field(body, "request_id"),
-            provider_errors=errors,
         )
 
 

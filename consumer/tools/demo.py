@@ -22,7 +22,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from consumer.app import run_service
 from consumer.config import BOOTSTRAP_ENV, Settings, settings_from_mapping
-from consumer.kafka import headers as h
+from consumer.core import headers as h
+from consumer.core.examples import order_cancelled_example
 from consumer.kafka.clients import client_options
 from consumer.observability.logs import configure_logging
 from consumer.simulator import Simulator
@@ -43,16 +44,9 @@ class Sample:
 
 def _event(order_id: str, *shipments: dict[str, str], **extra: Any) -> bytes:
     return orjson.dumps(
-        {
-            "event_id": str(uuid.uuid4()),
-            "event_type": "order.cancelled",
-            "schema_version": 1,
-            "occurred_at": "2026-11-21T10:00:00Z",
-            "order_id": order_id,
-            "reason": "Customer changed their mind",
-            "shipments": list(shipments),
-            **extra,
-        }
+        order_cancelled_example(
+            event_id=str(uuid.uuid4()), order_id=order_id, shipments=list(shipments), **extra
+        )
     )
 
 

@@ -32,8 +32,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from pydantic import ValidationError
 
 from consumer.config import KafkaSettings
+from consumer.core import headers as h
 from consumer.core.events import CancelFailed, OrderCancelled
-from consumer.kafka import headers as h
 from consumer.kafka.clients import client_options
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -270,13 +270,13 @@ async def read_topic(
                 if at is not None:
                     consumer.seek(tp, at.offset)
         ends = await consumer.end_offsets(partitions)
-        return await _read_to_end(consumer, ends, idle_seconds)
+        return await read_to_end(consumer, ends, idle_seconds)
     finally:
         await consumer.stop()
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer.tools.topics()
+    await consumer.topics()
     return consumer.partitions_for_topic(topic) or set()
 
 
@@ -284,7 +284,7 @@ class TopicReadIncomplete(Exception):
     """A topic could not be read to its end: planning on part of it could redrive twice."""
 
 
-async def _read_to_end(
+async def read_to_end(
     consumer: AIOKafkaConsumer, ends: Mapping[TopicPartition, int], idle_seconds: float
 ) -> list[Record]:
     """Until a fetch brings nothing more and every partition is at its end; a partition

@@ -18,9 +18,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 from pydantic_core import core_schema
 
+from consumer.core import headers
 from consumer.core.events import CancelFailed, OrderCancelled, ShipmentCancelled
 from consumer.ingress.openapi import INGRESS_OPENAPI_FILE, ingress_openapi_document
-from consumer.kafka import headers
 
 # Stable identifiers: consumers may cache or reference the schemas by these URLs.
 SCHEMA_BASE_URL: Final = "https://schemas.example.com/shipment-cancel-processor/"

@@ -22,6 +22,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from consumer.config import KafkaSettings
+from consumer.core.examples import order_cancelled_example
 from consumer.kafka.clients import check_security, client_options
 
 log = logging.getLogger(__name__)
@@ -52,15 +53,13 @@ def sample_records(run: str | None = None) -> Iterator[tuple[str, bytes]]:
             yield order_id, b"{not json"
             continue
         provider, prefix = shipment
-        event = {
-            "event_id": str(uuid.uuid4()),
-            "event_type": "order.cancelled",
-            "schema_version": 1,
-            "occurred_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "order_id": order_id,
-            "reason": "demo traffic",
-            "shipments": [{"provider": provider, "shipment_id": f"{prefix}-{run}-{n}"}],
-        }
+        event = order_cancelled_example(
+            event_id=str(uuid.uuid4()),
+            occurred_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            order_id=order_id,
+            reason="demo traffic",
+            shipments=[{"provider": provider, "shipment_id": f"{prefix}-{run}-{n}"}],
+        )
         yield order_id, orjson.dumps(event)
 
 

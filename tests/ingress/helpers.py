@@ -14,10 +14,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from consumer.config import IngressSettings
+from consumer.core.examples import order_cancelled_example
 from consumer.ingress.publisher import Delivery, PublishError, Record
 from consumer.ingress.server import build_app
 from consumer.ingress.signature import SIGNATURE_HEADER, SOURCE_HEADER, sign
-from tests.examples import order_cancelled_example
 
 SOURCE = "erp"
 SECRET = b"erp-webhook-secret-0123456789"

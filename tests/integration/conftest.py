@@ -38,7 +38,7 @@ def bootstrap_servers() -> Iterator[str]:
         broker.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        _wait_for_port(broker.host, broker.port, process)
+        wait_for_port(broker.host, broker.port, process)
         yield broker.bootstrap_servers
     finally:
         process.terminate()
@@ -48,7 +48,7 @@ def bootstrap_servers() -> Iterator[str]:
             process.kill()
 
 
-def _wait_for_port(host: str, port: int, process: subprocess.Popen[bytes]) -> None:
+def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -17,25 +17,20 @@ from aiokafka.structs import RecordMetadata
 
 from consumer.app import run_service
 from consumer.config import Settings
+from consumer.core.examples import order_cancelled_example
 from consumer.kafka.clients import client_options
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 def order_event(order_id: str, *shipments: tuple[str, str], **extra: Any) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "event_type": "order.cancelled",
-        "schema_version": 1,
-        "occurred_at": "2026-11-21T10:00:00Z",
-        "order_id": order_id,
-        "reason": "Customer changed their mind",
-        "shipments": [
-            {"provider": provider, "shipment_id": shipment_id}
-            for provider, shipment_id in shipments
-        ],
-        **extra,
-    }
+    """The shared example event as a new event (its own id) of ``order_id``, cancelling
+    ``shipments`` (provider, shipment id), with ``extra`` fields replaced or added."""
+    shipment_list = [
+        {"provider": provider, "shipment_id": shipment_id} for provider, shipment_id in shipments
+    ]
+    fields = {"event_id": str(uuid.uuid4()), "order_id": order_id, "shipments": shipment_list}
+    return order_cancelled_example(**{**fields, **extra})
 
 
 class Cluster:
@@ -94,7 +89,7 @@ class Cluster:
         consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False)
         await consumer.start()
         try:
-            await consumer.tools.topics()  # loads metadata, so partitions_for_topic knows them
+            await consumer.topics()  # loads metadata, so partitions_for_topic knows them
             partitions = [
                 TopicPartition(topic, p)
                 for topic in topics
@@ -129,7 +124,7 @@ class Cluster:
         )
         await consumer.start()
         try:
-            await consumer.tools.topics()
+            await consumer.topics()
             partitions = consumer.partitions_for_topic(self.kafka.input_topic) or set()
             return {
                 p: await consumer.committed(TopicPartition(self.kafka.input_topic, p))

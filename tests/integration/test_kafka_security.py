@@ -18,7 +18,7 @@ import pytest
 from consumer.config import KafkaSettings
 from consumer.kafka.clients import KafkaSecurityError, check_security, client_options
 from consumer.tools.embedded_broker import EmbeddedBroker
-from tests.integration.conftest import _wait_for_port
+from tests.integration.conftest import wait_for_port
 
 PASSWORD = "s3cret-kafka-password"
 
@@ -32,7 +32,7 @@ def strict_broker() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for_port(broker.host, broker.port, process)
+        wait_for_port(broker.host, broker.port, process)
         yield broker.bootstrap_servers
     finally:
         process.terminate()

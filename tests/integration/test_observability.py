@@ -14,7 +14,7 @@ import orjson
 
 from consumer.app import run_service
 from consumer.config import Settings
-from consumer.kafka import headers as h
+from consumer.core import headers as h
 from tests.integration.kafka_helpers import Cluster, order_event
 from tests.telemetry.series import SERIES_LABELS, Samples, label_sets, label_values, samples
 

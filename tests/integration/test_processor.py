@@ -11,8 +11,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from consumer.core import headers as h
 from consumer.core.events import CancelFailed, ShipmentCancelled, result_event_id
-from consumer.kafka import headers as h
 from consumer.kafka.clients import client_options
 from consumer.simulator import Simulator
 from tests.integration.kafka_helpers import Cluster, end_offsets, order_event, running_processor
@@ -198,7 +198,7 @@ async def test_a_restart_resumes_from_the_committed_offsets_without_losing_input
 async def test_a_member_joining_mid_stream_takes_over_partitions_without_losing_input(
     cluster: Cluster, simulator: Simulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="consumer.kafka.runner")
+    caplog.set_level(logging.INFO, logger="consumer.kafka")
     sent = [
         await cluster.send(order_event(f"SO-{i}", ("shipstation", f"se-{i}-slow50")))
         for i in range(90)

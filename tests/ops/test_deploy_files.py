@@ -29,6 +29,7 @@ from consumer.config import (
     load_kafka_settings,
     load_settings,
 )
+from consumer.kafka.clients import AUTO_OFFSET_RESET
 from consumer.observability.ops_http import add_ops_routes
 from consumer.providers.shipstation import ShipStationSettings
 from consumer.simulator import SimulatorOptions
@@ -776,8 +777,7 @@ def test_keda_scales_on_the_input_topic_up_to_the_partitions() -> None:
     assert meta["excludePersistentLag"] == "true"
     readme = README.read_text(encoding="utf-8")
     assert f"`lagThreshold` ({meta['lagThreshold']})" in readme, "README Scaling quotes it"
-    runner = (ROOT / "consumer" / "kafka" / "runner.py").read_text(encoding="utf-8")
-    assert f'auto_offset_reset="{meta["offsetResetPolicy"]}"' in runner
+    assert meta["offsetResetPolicy"] == AUTO_OFFSET_RESET
     auth = k8s("TriggerAuthentication")
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
     refs = {(r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
 import orjson
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from consumer.core.errors import (
     AuthError,
@@ -19,6 +23,8 @@ from consumer.core.errors import (
     RejectedError,
     UnavailableError,
 )
+from consumer.observability.metrics import Metrics
+from consumer.observability.tracing import ProviderScope, enter_provider_scope, leave_provider_scope
 from consumer.providers.client import TransportClient
 
 Answer = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
@@ -87,6 +93,36 @@ def json_of(request: httpx.Request) -> Any:
 
 def form_of(request: httpx.Request) -> dict[str, list[str]]:
     return parse_qs(request.content.decode())
+
+
+class ClientSpans:
+    """The CLIENT spans of the provider calls made inside ``client_spans()``."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        self._exporter = exporter
+
+    def attributes(self) -> list[dict[str, Any]]:
+        """Each finished call's span attributes, in the order the calls ended."""
+        return [dict(span.attributes or {}) for span in self.spans()]
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self._exporter.get_finished_spans())
+
+
+@contextmanager
+def client_spans(provider: str = "account") -> Iterator[ClientSpans]:
+    """Record the spans of provider calls made in this block, as the canceller's scope would
+    for the account ``provider``."""
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    scope = ProviderScope(provider, tracer_provider.get_tracer("test"), Metrics())
+    token = enter_provider_scope(scope)
+    try:
+        yield ClientSpans(exporter)
+    finally:
+        leave_provider_scope(token)
+        tracer_provider.shutdown()
 
 
 class FakeClock:

@@ -29,6 +29,7 @@ from tests.providers.provider_fakes import (
     STATUS_CATEGORIES,
     FakeApi,
     FakeClock,
+    client_spans,
     form_of,
     json_of,
     reply,
@@ -433,6 +434,36 @@ async def test_every_error_body_shape_yields_code_message_and_the_whole_body(
     assert error.provider_code == code
     assert error.message.endswith(detail)
     assert error.provider_errors == [body]
+
+
+async def test_the_calls_span_names_mvmnts_error_code_and_the_request_id_header(
+    api: FakeApi, client: TransportClient
+) -> None:
+    body = {"error": {"code": "validation_error", "message": "reason too long"}}
+    api.on("POST", CANCEL, reply(422, body, headers={"X-Request-Id": "req-5"}))
+
+    with client_spans() as spans:
+        error = await failure(static_provider(client))
+
+    [cancel] = spans.attributes()
+    assert cancel["provider.error_code"] == error.provider_code == "validation_error"
+    assert cancel["provider.request_id"] == error.provider_request_id == "req-5"
+    assert error.message.endswith(": reason too long")
+    assert error.provider_errors == [body]
+
+
+async def test_the_token_requests_span_names_the_oauth_error(
+    api: FakeApi, client: TransportClient
+) -> None:
+    body = {"error": "invalid_client", "error_description": "Client authentication failed"}
+    api.on("POST", TOKEN_PATH, reply(401, body, headers={"X-Request-Id": "req-6"}))
+
+    with client_spans() as spans:
+        error = await failure(oauth_provider(client))
+
+    [token] = spans.attributes()
+    assert token["provider.error_code"] == error.provider_code == "invalid_client"
+    assert token["provider.request_id"] == error.provider_request_id == "req-6"
 
 
 @pytest.mark.parametrize("body", [b"", b"<html>oops</html>", b"[1]", b'{"error": 5}', b"\xff{"])

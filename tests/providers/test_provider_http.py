@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import pytest
 
-from consumer.core.errors import InternalError
+from consumer.core.errors import InternalError, RejectedError
+from consumer.providers.base import ErrorBody, ErrorBodyReader
 from consumer.providers.client import HttpClient, TransportClient
 from consumer.providers.http import (
     describe,
+    error_from_response,
     json_body,
     path_segment,
+    read_error,
     redact,
     request_id,
     request_url,
     send,
+    text_field,
 )
+from tests.providers.provider_fakes import client_spans, reply
 
 
 def test_redact_replaces_secrets_anywhere_in_nested_values() -> None:
@@ -106,3 +112,101 @@ async def test_an_undecodable_body_is_an_internal_error(client_type: type[HttpCl
     async with client:
         with pytest.raises(InternalError, match="DecodingError"):
             await send(client, "GET", "https://x.test/", what="probe", http_timeout=1, headers={})
+
+
+# --- error bodies: each provider reads its own ---------------------------------------------
+
+
+def acme_error_body(body: dict[str, Any]) -> ErrorBody:
+    """A provider this module has never heard of: ``{"fault": {"ref", "kind", "text"}}``."""
+    fault = body.get("fault")
+    if not isinstance(fault, dict):
+        return ErrorBody()
+    return ErrorBody(
+        code=text_field(fault, "kind"),
+        message=text_field(fault, "text"),
+        request_id=text_field(fault, "ref"),
+        errors=(fault,),
+    )
+
+
+ACME_FAULT = {"ref": "acme-req-1", "kind": "frozen", "text": "shipment is frozen"}
+
+
+async def acme_call(
+    answer: httpx.Response, error_body: ErrorBodyReader | None = None
+) -> httpx.Response:
+    """One call answered ``answer``, sent as the acme adapter would (or without a reader)."""
+    async with TransportClient(httpx.MockTransport(lambda request: answer)) as client:
+        return await send(
+            client,
+            "PUT",
+            "https://acme.test",
+            what="acme cancel",
+            http_timeout=1,
+            headers={},
+            error_body=error_body,
+        )
+
+
+def test_an_error_answer_says_what_the_providers_reader_finds() -> None:
+    response = reply(400, {"fault": ACME_FAULT}, headers={"X-Request-Id": "header-id"})
+
+    said = read_error(response, acme_error_body)
+    error = error_from_response(RejectedError, "acme cancel", response, said, secrets=["frozen"])
+
+    assert said == ErrorBody("frozen", "shipment is frozen", "acme-req-1", (ACME_FAULT,))
+    assert isinstance(error, RejectedError)
+    assert error.message == "acme cancel: HTTP 400 Bad Request: shipment is REDACTED"
+    assert error.provider_code == "REDACTED"
+    assert error.provider_request_id == "acme-req-1"
+    assert error.provider_errors == [
+        {**ACME_FAULT, "kind": "REDACTED", "text": "shipment is REDACTED"}
+    ]
+
+
+@pytest.mark.parametrize("content", [b"", b"<html>", b"[1]"])
+def test_a_body_that_is_no_json_object_says_nothing(content: bytes) -> None:
+    response = httpx.Response(502, content=content, headers={"X-Request-Id": "header-id"})
+
+    said = read_error(response, acme_error_body)
+    error = error_from_response(RejectedError, "acme cancel", response, said, secrets=[])
+
+    assert said == ErrorBody()
+    assert error.provider_code is None
+    assert error.provider_request_id == "header-id"
+    assert error.provider_errors == []
+
+
+async def test_a_calls_span_names_what_the_providers_reader_finds() -> None:
+    answer = reply(409, {"fault": ACME_FAULT}, headers={"X-Request-Id": "header-id"})
+
+    with client_spans() as spans:
+        await acme_call(answer, error_body=acme_error_body)
+
+    [call] = spans.attributes()
+    assert call["provider.request_id"] == "acme-req-1"
+    assert call["provider.error_code"] == "frozen"
+
+
+async def test_without_a_reader_a_calls_span_names_only_the_request_id_header() -> None:
+    body = {"fault": ACME_FAULT, "code": "c", "request_id": "r"}
+    answer = reply(409, body, headers={"X-Request-Id": "header-id"})
+
+    with client_spans() as spans:
+        await acme_call(answer)
+
+    [call] = spans.attributes()
+    assert call["provider.request_id"] == "header-id"
+    assert "provider.error_code" not in call
+
+
+async def test_a_problem_type_names_the_error_on_the_span_when_no_code_does() -> None:
+    problem = {"type": "https://acme.test/problems/frozen", "title": "Frozen"}
+    answer = reply(409, problem, content_type="application/problem+json")
+
+    with client_spans() as spans:
+        await acme_call(answer, error_body=acme_error_body)
+
+    [call] = spans.attributes()
+    assert call["provider.error_code"] == "https://acme.test/problems/frozen"

@@ -23,7 +23,7 @@ from consumer.core.errors import (
 from consumer.providers.base import CancelOutcome, CancelRequest
 from consumer.providers.client import TransportClient
 from consumer.providers.shipstation import ShipStationProvider, ShipStationSettings
-from tests.providers.provider_fakes import STATUS_CATEGORIES, FakeApi, reply
+from tests.providers.provider_fakes import STATUS_CATEGORIES, FakeApi, client_spans, reply
 
 API_KEY = "ss-live-key-0123456789"
 BASE = "https://ss.test"
@@ -170,6 +170,38 @@ async def test_error_body_is_kept_whole_with_code_and_request_id(
     assert error.provider_request_id == "aa3d8e8e-462b-4476-9618-72db7f7b7009"
     assert error.provider_errors == body["errors"]
     assert "invalid_field_value happened" in error.message
+
+
+async def test_the_calls_span_names_shipstations_request_id_and_error_code(
+    api: FakeApi, client: TransportClient
+) -> None:
+    body = error_body("invalid_status", error_type="business_rules")
+    api.on("PUT", CANCEL, reply(400, body, headers={"X-Request-Id": "header-id"}))
+    api.on("GET", SHIPMENT_PATH, shipment("pending"))
+
+    with client_spans() as spans:
+        error = await failure(client)
+
+    cancel, _confirmation = spans.attributes()
+    assert cancel["provider.request_id"] == error.provider_request_id == body["request_id"]
+    assert cancel["provider.error_code"] == error.provider_code == "invalid_status"
+
+
+async def test_without_a_request_id_in_the_body_the_header_names_the_request(
+    api: FakeApi, client: TransportClient
+) -> None:
+    body = error_body("invalid_field_value")
+    del body["request_id"]
+    api.on("PUT", CANCEL, reply(400, body, headers={"X-Request-Id": "header-id"}))
+
+    with client_spans() as spans:
+        error = await failure(client)
+
+    [cancel] = spans.attributes()
+    assert cancel["provider.request_id"] == error.provider_request_id == "header-id"
+    assert error.provider_code == "invalid_field_value"
+    assert error.message.endswith(": invalid_field_value happened")
+    assert error.provider_errors == body["errors"]
 
 
 async def test_404_with_invalid_identifier_is_not_found(

@@ -450,18 +450,29 @@ async def test_a_header_value_with_a_line_break_is_never_sent(server: tuple[Serv
     assert state.peers == []
 
 
-async def test_closing_the_client_closes_its_connections(server: tuple[Server, str]) -> None:
-    _, base = server
+async def test_closing_the_client_closes_its_connections(
+    raw_server: Callable[[RawHandler], Awaitable[str]],
+) -> None:
+    hung_up = asyncio.Event()
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()  # until the client hangs up
+        hung_up.set()
+        writer.close()
+
+    base = await raw_server(keep_alive)
     transport = HttpTransport(max_connections=2)
     async with httpx.AsyncClient(transport=transport) as http:
-        await http.get(f"{base}/echo")
-        assert transport._open
-        connection = next(iter(transport._open))
+        assert (await http.get(f"{base}/")).text == "ok"
+        await asyncio.sleep(0.05)
+        assert not hung_up.is_set(), "kept alive while the client is open"
 
-    assert not connection.usable
-    assert not transport._open
+    await asyncio.wait_for(hung_up.wait(), timeout=5)
     with pytest.raises(RuntimeError, match="closed"):
-        await transport.handle_async_request(httpx.Request("GET", f"{base}/echo"))
+        await transport.handle_async_request(httpx.Request("GET", f"{base}/"))
 
 
 async def test_closing_an_unused_transport_is_harmless() -> None:

@@ -20,19 +20,20 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from consumer.config import KafkaSettings, ProcessingSettings
 from consumer.core.canceller import Canceller, ProviderAccount
+from consumer.core.examples import order_cancelled_example
 from consumer.core.retry import AccountGate, RetryPolicy
+from consumer.kafka.memory import (
+    MemoryConsumer,
+    MemoryProducer,
+    SendHook,
+    memory_clients,
+    run_until,
+)
+from consumer.kafka.memory import consumer_record as fake_record
 from consumer.kafka.runner import Runner
 from consumer.providers.shipstation import ShipStationProvider, ShipStationSettings
 from tests.providers.provider_fakes import FakeApi, reply
 from tests.telemetry.conftest import Telemetry
-from tests.telemetry.fake_kafka import (
-    FakeConsumer,
-    RecordingProducer,
-    SendHook,
-    clients,
-    run_until,
-)
-from tests.telemetry.fake_kafka import record as fake_record
 
 TOPIC = "orders.cancelled"
 DLQ = "orders.cancelled.dlq"
@@ -67,8 +68,8 @@ async def canceller(telemetry: Telemetry, api: FakeApi) -> AsyncIterator[Cancell
 
 @dataclass
 class Processed:
-    producer: RecordingProducer
-    consumer: FakeConsumer
+    producer: MemoryProducer
+    consumer: MemoryConsumer
 
 
 Consume = Callable[..., Any]
@@ -84,17 +85,17 @@ def consume(telemetry: Telemetry, canceller: Canceller) -> Consume:
         outputs: int,
         before_send: SendHook | None = None,
     ) -> Processed:
-        consumer = FakeConsumer(PARTITION, list(records))
-        producer = RecordingProducer(before_send)
+        consumer = MemoryConsumer(PARTITION, list(records))
+        producer = MemoryProducer(before_send)
         runner = Runner(
             KAFKA,
             ProcessingSettings(),
             canceller,
             telemetry.tracer,
             metrics=telemetry.metrics,
-            clients=clients(consumer, producer),
+            clients=memory_clients(consumer, producer),
         )
-        await run_until(runner, lambda: len(producer.sent) >= outputs)
+        await run_until(runner.run, lambda: len(producer.sent) >= outputs)
         # Every record handled and committed past.
         assert consumer.committed == {PARTITION: max(r.offset for r in records) + 1}
         return Processed(producer, consumer)
@@ -118,14 +119,11 @@ def record(
 
 def order(*shipments: str, provider: str = "ss-main") -> bytes:
     return orjson.dumps(
-        {
-            "event_id": str(uuid.uuid4()),
-            "event_type": "order.cancelled",
-            "schema_version": 1,
-            "occurred_at": "2026-11-21T10:00:00Z",
-            "order_id": "SO-1",
-            "shipments": [{"provider": provider, "shipment_id": s} for s in shipments],
-        }
+        order_cancelled_example(
+            event_id=str(uuid.uuid4()),
+            order_id="SO-1",
+            shipments=[{"provider": provider, "shipment_id": s} for s in shipments],
+        )
     )
 
 

@@ -16,11 +16,18 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from consumer import app
 from consumer.config import TelemetrySettings, settings_from_mapping
+from consumer.core.examples import order_cancelled_example
+from consumer.kafka.memory import (
+    MemoryConsumer,
+    MemoryProducer,
+    consumer_record,
+    memory_clients,
+    run_until,
+)
 from consumer.observability.metrics import Metrics
 from consumer.observability.ops_http import add_ops_routes, serve_ops
 from consumer.observability.telemetry import build_meter_provider
 from tests.providers.provider_fakes import FakeApi, reply
-from tests.telemetry.fake_kafka import FakeConsumer, RecordingProducer, clients, record, run_until
 from tests.telemetry.series import SERIES_LABELS, label_sets, label_values, samples
 
 INPUT = TopicPartition("orders.cancelled", 0)
@@ -66,14 +73,11 @@ async def ops(processor: FakeProcessor) -> AsyncIterator[httpx.AsyncClient]:
 
 def order(key: str, shipment_id: str) -> bytes:
     return orjson.dumps(
-        {
-            "event_id": str(uuid.uuid4()),
-            "event_type": "order.cancelled",
-            "schema_version": 1,
-            "occurred_at": "2026-11-21T10:00:00Z",
-            "order_id": key,
-            "shipments": [{"provider": "ss-main", "shipment_id": shipment_id}],
-        }
+        order_cancelled_example(
+            event_id=str(uuid.uuid4()),
+            order_id=key,
+            shipments=[{"provider": "ss-main", "shipment_id": shipment_id}],
+        )
     )
 
 
@@ -106,23 +110,23 @@ async def test_metrics_has_every_contract_series_with_its_labels(
         },
         {},
     )
-    consumer = FakeConsumer(
+    consumer = MemoryConsumer(
         INPUT,
         [
-            record(INPUT, 0, order("SO-1", "se-1"), key=b"SO-1"),
-            record(INPUT, 1, order("SO-2", "se-9"), key=b"SO-2"),
-            record(INPUT, 2, order("SO-3", "se-5"), key=b"SO-3"),
-            record(INPUT, 3, b"{not json", key=b"SO-4"),
+            consumer_record(INPUT, 0, order("SO-1", "se-1"), key=b"SO-1"),
+            consumer_record(INPUT, 1, order("SO-2", "se-9"), key=b"SO-2"),
+            consumer_record(INPUT, 2, order("SO-3", "se-5"), key=b"SO-3"),
+            consumer_record(INPUT, 3, b"{not json", key=b"SO-4"),
         ],
     )
-    producer = RecordingProducer()
+    producer = MemoryProducer()
     tracer = TracerProvider().get_tracer("test")
     async with AsyncExitStack() as stack:
         runner = await app.build_runner(
-            settings, stack, tracer, metrics, clients=clients(consumer, producer)
+            settings, stack, tracer, metrics, clients=memory_clients(consumer, producer)
         )
         # Until every output is acknowledged and the lag of the partition was measured.
-        await run_until(runner, lambda: len(producer.sent) == 4 and bool(runner.lag()))
+        await run_until(runner.run, lambda: len(producer.sent) == 4 and bool(runner.lag()))
 
     response = await ops.get("/metrics")
     assert response.status_code == 200

@@ -17,6 +17,7 @@ from consumer import app
 from consumer.config import Settings, settings_from_mapping
 from consumer.core.canceller import Canceller, ProviderAccount
 from consumer.core.events import CancelFailed, OrderCancelled, ResultEvent, ShipmentCancelled
+from consumer.core.examples import order_cancelled_example
 from consumer.core.pipeline import TraceRef
 from consumer.core.retry import AccountGate, RetryPolicy
 from consumer.providers.client import TransportClient
@@ -50,14 +51,11 @@ async def client(api: FakeApi) -> AsyncIterator[TransportClient]:
 
 def order(*shipments: tuple[str, str]) -> OrderCancelled:
     return OrderCancelled.model_validate(
-        {
-            "event_id": str(uuid.uuid4()),
-            "event_type": "order.cancelled",
-            "schema_version": 1,
-            "occurred_at": "2026-11-21T10:00:00Z",
-            "order_id": "SO-1",
-            "shipments": [{"provider": p, "shipment_id": s} for p, s in shipments],
-        }
+        order_cancelled_example(
+            event_id=str(uuid.uuid4()),
+            order_id="SO-1",
+            shipments=[{"provider": p, "shipment_id": s} for p, s in shipments],
+        )
     )
 
 

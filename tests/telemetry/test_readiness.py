@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import TopicPartition
@@ -10,43 +12,74 @@ from aiokafka import TopicPartition
 from consumer.config import KafkaSettings, ProcessingSettings
 from consumer.core.canceller import Canceller
 from consumer.core.retry import RetryPolicy
+from consumer.kafka.memory import MemoryConsumer, MemoryProducer, memory_clients
 from consumer.kafka.runner import Runner
+from tests.polling import eventually
 from tests.telemetry.conftest import Telemetry
-from tests.telemetry.fake_kafka import FakeConsumer, RecordingProducer, clients
+
+
+class Clock:
+    """The wall clock, moved forward by a test."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.ahead
 
 
 @pytest.fixture
-def runner(telemetry: Telemetry) -> Runner:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def runner(telemetry: Telemetry, clock: Clock) -> Runner:
     return Runner(
         KafkaSettings(bootstrap_servers="127.0.0.1:9"),
         ProcessingSettings(),
         Canceller({}, RetryPolicy()),
         telemetry.tracer,
         metrics=telemetry.metrics,
-        clients=clients(
-            FakeConsumer(TopicPartition("orders.cancelled", 0), []), RecordingProducer()
+        clients=memory_clients(
+            MemoryConsumer(TopicPartition("orders.cancelled", 0)), MemoryProducer()
         ),
+        clock=clock,
     )
+
+
+@pytest.fixture
+async def joined(runner: Runner) -> AsyncIterator[Runner]:
+    """The runner running, once the group assigned it its partition."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    await eventually(lambda: runner.readiness() == (True, "ready"))
+    yield runner
+    stop.set()
+    await asyncio.wait_for(task, timeout=5)
 
 
 async def test_not_ready_until_the_group_assigns_partitions(runner: Runner) -> None:
     assert runner.readiness() == (False, "not joined to the consumer group yet")
-    runner.joined()  # an empty assignment counts: this member is in the group
-    assert runner.readiness() == (True, "ready")
 
 
-async def test_not_ready_when_the_broker_went_quiet(runner: Runner) -> None:
-    runner.joined()
-    runner._broker_seen_at = time.time() - 120
-    ready, reason = runner.readiness()
+async def test_ready_once_the_group_assigned_partitions(joined: Runner) -> None:
+    assert joined.readiness() == (True, "ready")
+
+
+async def test_not_ready_when_the_broker_went_quiet(joined: Runner, clock: Clock) -> None:
+    clock.ahead = 120
+    ready, reason = joined.readiness()
     assert not ready
     assert reason.startswith("no answer from the Kafka broker for 12")
 
 
-async def test_the_ready_gauge_and_in_flight_gauge_read_the_runner(
-    telemetry: Telemetry, runner: Runner
-) -> None:
+async def test_the_ready_gauge_reads_the_runner(telemetry: Telemetry, runner: Runner) -> None:
     assert telemetry.points("cancel_processor.ready") == [({}, 0)]
-    runner.joined()
+
+
+async def test_the_ready_and_in_flight_gauges_read_the_running_runner(
+    telemetry: Telemetry, joined: Runner
+) -> None:
     assert telemetry.points("cancel_processor.ready") == [({}, 1)]
     assert telemetry.points("cancel_processor.events.in_flight") == [({}, 0)]

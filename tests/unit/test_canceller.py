@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 from consumer.core.canceller import Canceller, ProviderAccount
 from consumer.core.errors import CancelError, NotFoundError, UnavailableError
 from consumer.core.events import CancelFailed, OrderCancelled, ShipmentCancelled
+from consumer.core.examples import order_cancelled_example
 from consumer.core.pipeline import TraceRef
 from consumer.core.retry import AccountGate, RetryPolicy
 from consumer.providers.base import CancelOutcome, CancelRequest
@@ -33,14 +34,10 @@ class FakeProvider:
 
 def event(*shipments: tuple[str, str]) -> OrderCancelled:
     return OrderCancelled.model_validate(
-        {
-            "event_id": "0f8c3c2e-6a1b-4a7e-9d0f-2d1b6f5a9e11",
-            "event_type": "order.cancelled",
-            "schema_version": 1,
-            "occurred_at": "2026-11-21T10:00:00Z",
-            "order_id": "SO-1",
-            "shipments": [{"provider": p, "shipment_id": s} for p, s in shipments],
-        }
+        order_cancelled_example(
+            order_id="SO-1",
+            shipments=[{"provider": p, "shipment_id": s} for p, s in shipments],
+        )
     )
 
 

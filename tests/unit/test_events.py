@@ -18,16 +18,12 @@ from consumer.core.events import (
     dump_event,
     result_event_id,
 )
-from tests.examples import order_cancelled_example
+from consumer.core.examples import order_cancelled_example
 
-SOURCE_ID = uuid.UUID("0f8c3c2e-6a1b-4a7e-9d0f-2d1b6f5a9e11")
+# The shared example's event id: the source of the result events below.
+SOURCE_ID = uuid.UUID(order_cancelled_example()["event_id"])
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"
-
-
-def order_payload(**overrides: Any) -> dict[str, Any]:
-    """The DESIGN.md input example, with fields replaced as a test needs."""
-    return order_cancelled_example(**{"event_id": str(SOURCE_ID), **overrides})
 
 
 def shipments(count: int) -> list[dict[str, str]]:
@@ -84,8 +80,8 @@ def error_fields(exc: pytest.ExceptionInfo[ValidationError]) -> set[str]:
 # --- OrderCancelled ---------------------------------------------------------------------------
 
 
-def test_order_cancelled_accepts_the_design_example() -> None:
-    event = OrderCancelled.model_validate_json(orjson.dumps(order_payload()))
+def test_order_cancelled_accepts_the_shared_example() -> None:
+    event = OrderCancelled.model_validate_json(orjson.dumps(order_cancelled_example()))
 
     assert event.event_id == SOURCE_ID
     assert event.order_id == "SO-1001"
@@ -97,18 +93,18 @@ def test_order_cancelled_accepts_the_design_example() -> None:
 
 
 def test_order_cancelled_reason_is_optional() -> None:
-    payload = order_payload()
+    payload = order_cancelled_example()
     del payload["reason"]
     assert OrderCancelled.model_validate(payload).reason is None
 
 
 def test_order_cancelled_ignores_unknown_fields_for_forward_compatibility() -> None:
-    payload = order_payload(priority="high", erp={"batch": 7})
+    payload = order_cancelled_example(priority="high", erp={"batch": 7})
     payload["shipments"][0]["carrier"] = "ups"
 
     event = OrderCancelled.model_validate(payload)
 
-    assert event == OrderCancelled.model_validate(order_payload())
+    assert event == OrderCancelled.model_validate(order_cancelled_example())
     assert "priority" not in event.model_dump()
 
 
@@ -136,7 +132,7 @@ def test_order_cancelled_ignores_unknown_fields_for_forward_compatibility() -> N
 )
 def test_order_cancelled_rejects_invalid_field(field: str, value: Any) -> None:
     with pytest.raises(ValidationError) as exc:
-        OrderCancelled.model_validate(order_payload(**{field: value}))
+        OrderCancelled.model_validate(order_cancelled_example(**{field: value}))
     assert error_fields(exc) == {field}
 
 
@@ -144,7 +140,7 @@ def test_order_cancelled_rejects_invalid_field(field: str, value: Any) -> None:
     "field", ["event_id", "event_type", "schema_version", "occurred_at", "order_id", "shipments"]
 )
 def test_order_cancelled_requires_field(field: str) -> None:
-    payload = order_payload()
+    payload = order_cancelled_example()
     del payload[field]
     with pytest.raises(ValidationError) as exc:
         OrderCancelled.model_validate(payload)
@@ -154,7 +150,7 @@ def test_order_cancelled_requires_field(field: str) -> None:
 def test_order_cancelled_accepts_the_limits_themselves() -> None:
     # The other side of the rejections above: the limits are inclusive.
     event = OrderCancelled.model_validate(
-        order_payload(order_id="O" * 128, reason="r" * 1000, shipments=shipments(50))
+        order_cancelled_example(order_id="O" * 128, reason="r" * 1000, shipments=shipments(50))
     )
     assert len(event.shipments) == 50
 
@@ -255,7 +251,7 @@ def test_dump_event_is_compact_utf8_json_keeping_provider_details_as_they_came()
     assert json.loads(raw)["error"]["provider_errors"] == details
 
 
-def test_shipment_cancelled_wire_form_matches_the_design_example() -> None:
+def test_shipment_cancelled_wire_form_writes_every_field_its_nulls_too() -> None:
     wire = orjson.loads(dump_event(cancelled()))
     assert wire["event_type"] == "shipment.cancelled"
     assert wire["outcome"] == "cancelled"

@@ -44,7 +44,7 @@ async def test_different_keys_run_concurrently() -> None:
     await asyncio.wait_for(asyncio.gather(first, second), timeout=1)
 
 
-async def test_a_failed_or_cancelled_job_does_not_block_its_successor() -> None:
+async def test_a_failed_job_lets_its_successor_run_but_a_cancelled_one_cancels_it() -> None:
     scheduler = KeyOrderedScheduler()
     ran: list[str] = []
 

@@ -6,6 +6,7 @@ import pytest
 
 from consumer.core.errors import ConflictError
 from consumer.core.events import OrderCancelled, result_event_id
+from consumer.core.examples import order_cancelled_example
 from consumer.core.pipeline import (
     InvalidRecord,
     TraceRef,
@@ -15,7 +16,6 @@ from consumer.core.pipeline import (
     parse_order_cancelled,
     shipment_result_id,
 )
-from tests.examples import order_cancelled_example
 
 EVENT = order_cancelled_example()
 TRACE = TraceRef("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")

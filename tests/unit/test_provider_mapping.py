@@ -1,4 +1,4 @@
-"""How provider answers map to the DESIGN.md error categories (pure, no HTTP)."""
+"""How provider answers map to the error categories of ``consumer.core.errors`` (pure, no HTTP)."""
 
 from __future__ import annotations
 

@@ -10,20 +10,21 @@ import orjson
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
+from consumer.core import headers as h
 from consumer.core.events import OrderCancelled, result_event_id
-from consumer.kafka import headers as h
+from consumer.core.examples import order_cancelled_example
 from consumer.tools.redrive import (
     REDRIVEN_FROM,
     Plan,
     RedriveFilter,
     TopicReadIncomplete,
-    _read_to_end,
     already_redriven,
     latest_failures,
     parse_age,
     parse_time,
     plan_dead_letters,
     plan_failures,
+    read_to_end,
 )
 
 EVENT_ID = uuid.UUID("0f8c3c2e-6a1b-4a7e-9d0f-2d1b6f5a9e11")
@@ -64,19 +65,16 @@ def failure(shipment: str, category: str, retryable: bool, offset: int, at: int 
 
 
 ORIGINAL = OrderCancelled.model_validate(
-    {
-        "event_id": str(EVENT_ID),
-        "event_type": "order.cancelled",
-        "schema_version": 1,
-        "occurred_at": "2026-11-21T10:00:00Z",
-        "order_id": "SO-1",
-        "reason": "moved",
-        "shipments": [
+    order_cancelled_example(
+        event_id=str(EVENT_ID),
+        order_id="SO-1",
+        reason="moved",
+        shipments=[
             {"provider": "mvmnt", "shipment_id": "A", "lookup": "key"},
             {"provider": "mvmnt", "shipment_id": "B"},
             {"provider": "mvmnt", "shipment_id": "C"},
         ],
-    }
+    )
 )
 
 
@@ -197,9 +195,9 @@ class StalledConsumer:
 async def test_a_topic_that_cannot_be_read_to_its_end_stops_the_redrive() -> None:
     tp = TopicPartition("orders.cancelled", 2)
     with pytest.raises(TopicReadIncomplete, match=r"partition 2 at offset 5 of 9"):
-        await _read_to_end(StalledConsumer(5, highwater=9), {tp: 9}, idle_seconds=0)
+        await read_to_end(StalledConsumer(5, highwater=9), {tp: 9}, idle_seconds=0)
 
 
 async def test_the_fetched_high_watermark_wins_over_an_inexact_listed_end() -> None:
     tp = TopicPartition("orders.cancelled", 0)
-    assert await _read_to_end(StalledConsumer(5, highwater=5), {tp: 7}, idle_seconds=0) == []
+    assert await read_to_end(StalledConsumer(5, highwater=5), {tp: 7}, idle_seconds=0) == []

@@ -11,15 +11,15 @@ from opentelemetry.trace import NoOpTracer
 from consumer.config import KafkaSettings, ProcessingSettings
 from consumer.core.canceller import Canceller, ProviderAccount
 from consumer.core.retry import AccountGate, RetryPolicy
+from consumer.kafka.memory import MemoryConsumer, MemoryProducer, memory_clients
 from consumer.kafka.runner import Runner
 from consumer.providers.base import CancelOutcome, CancelRequest
-from tests.telemetry.fake_kafka import FakeConsumer, RecordingProducer, clients
 from tests.unit.test_runner_drain import event_record
 
 TP = TopicPartition("orders.cancelled", 0)
 
 
-class RebalancingConsumer(FakeConsumer):
+class RebalancingConsumer(MemoryConsumer):
     """A consumer whose polls never return: a rebalance that does not settle."""
 
     def __init__(self, *first: ConsumerRecord[bytes, bytes]) -> None:
@@ -29,7 +29,7 @@ class RebalancingConsumer(FakeConsumer):
         self._first = {TP: list(first)} if first else None
 
     async def getmany(
-        self, timeout_ms: int = 0, max_records: int | None = None
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         self.polls += 1
         if self._first is not None:  # the first poll hands out these records
@@ -68,7 +68,7 @@ def running(
         processing or ProcessingSettings(),
         canceller or Canceller({}, RetryPolicy()),
         NoOpTracer(),
-        clients=clients(consumer, RecordingProducer()),
+        clients=memory_clients(consumer, MemoryProducer()),
     )
     return asyncio.create_task(runner.run(stop))
 
@@ -80,12 +80,9 @@ async def polling_runner() -> tuple[RebalancingConsumer, asyncio.Event, asyncio.
     return consumer, stop, task
 
 
-def watchers_left() -> list[asyncio.Task[object]]:
-    return [
-        t
-        for t in asyncio.all_tasks()
-        if "_interrupt_poll" in t.get_coro().__qualname__ and not t.done()  # type: ignore[union-attr]
-    ]
+def tasks_left() -> list[asyncio.Task[object]]:
+    """Tasks still running besides the test's own."""
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
 
 
 async def test_stop_ends_a_poll_that_waits_for_a_rebalance() -> None:
@@ -97,7 +94,7 @@ async def test_stop_ends_a_poll_that_waits_for_a_rebalance() -> None:
     task.result()  # ended by the stop, not by an error
     assert consumer.polls == 1
     await asyncio.sleep(0)
-    assert watchers_left() == []
+    assert tasks_left() == [], "the runner left a task behind"
 
 
 async def test_cancelling_the_service_while_it_polls_still_cancels_it() -> None:

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from consumer.core import headers
 from consumer.core.events import CancelFailed, OrderCancelled, ShipmentCancelled
-from consumer.kafka import headers
+from consumer.core.examples import order_cancelled_example
 from consumer.tools.schemas import (
     ASYNCAPI_FILE,
     JSON_SCHEMA_DIALECT,
@@ -18,11 +19,11 @@ from consumer.tools.schemas import (
     render_schemas,
     to_yaml,
 )
-from tests.examples import order_cancelled_example
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
-# The DESIGN.md examples, with the placeholders ("<uuid5 ...>", "...") filled in.
+# An example of each contract (README "Event contracts (v1)"): the shared input example, and
+# a result of each kind for it.
 ORDER_CANCELLED_EXAMPLE: dict[str, Any] = order_cancelled_example()
 SHIPMENT_CANCELLED_EXAMPLE: dict[str, Any] = {
     "event_id": "7637ebd2-c50c-5e5d-9033-3e408156da43",
@@ -130,7 +131,7 @@ def test_json_schema_declares_dialect_and_a_stable_id(name: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "model", "example"), EXAMPLES, ids=EXAMPLE_IDS)
-def test_design_example_validates_against_its_model(
+def test_each_example_validates_against_its_model(
     name: str, model: type[BaseModel], example: dict[str, Any]
 ) -> None:
     event = model.model_validate_json(json.dumps(example))
@@ -138,7 +139,7 @@ def test_design_example_validates_against_its_model(
 
 
 @pytest.mark.parametrize(("name", "model", "example"), EXAMPLES, ids=EXAMPLE_IDS)
-def test_design_example_fits_its_json_schema(
+def test_each_example_fits_its_json_schema(
     name: str, model: type[BaseModel], example: dict[str, Any]
 ) -> None:
     document = schema(name)

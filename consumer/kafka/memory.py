@@ -1,34 +1,50 @@
-"""Kafka clients for running the real ``Runner`` without a broker: a consumer that hands out
-scripted records on one assigned partition and records commits, and a producer that
-acknowledges every send at once and keeps what was sent. Given to the runner through its
-``clients`` factory."""
+"""In-memory Kafka clients implementing the seams of ``consumer.kafka.seams``, for running
+the real runner without a broker (the in-process benchmark and the tests): a consumer with
+one partition that hands out the records given to it and records commits, and a producer
+that acknowledges every send at once and keeps what was sent."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, cast
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import OffsetAndMetadata, RecordMetadata
 
-from consumer.kafka.runner import KafkaClients, Runner
+from consumer.kafka.seams import Headers, KafkaClients, KafkaConsumer, KafkaProducer, Records
 
 Sent = tuple[str, bytes | None, bytes | None, dict[str, bytes]]
 
 
-class FakeConsumer:
-    """One partition, assigned on start; ``records`` are fetched once, in order."""
+class MemoryConsumer:
+    """One partition, assigned on start. Records given (at construction or by ``add``) are
+    fetched once, in order; ``revoke`` plays a rebalance taking the partition away."""
 
-    def __init__(self, partition: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]):
+    def __init__(
+        self, partition: TopicPartition, records: Iterable[ConsumerRecord[bytes, bytes]] = ()
+    ) -> None:
         self.partition = partition
         self.committed: dict[TopicPartition, int] = {}
+        self.fetched = 0
         self._pending = list(records)
-        self._end = max((r.offset + 1 for r in records), default=0)
+        self._end = max((r.offset + 1 for r in self._pending), default=0)
+        self._arrived = asyncio.Event()
         self._listener: ConsumerRebalanceListener | None = None
         self._assigned: set[TopicPartition] = set()
+
+    def add(self, *records: ConsumerRecord[bytes, bytes]) -> None:
+        self._pending.extend(records)
+        self._end = max([self._end, *(r.offset + 1 for r in records)])
+        self._arrived.set()
+
+    async def revoke(self) -> None:
+        """The group takes the partition away: the listener drains it first."""
+        assert self._listener is not None
+        await self._listener.on_partitions_revoked({self.partition})
+        self._assigned = set()
 
     def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener) -> None:
         assert topics == [self.partition.topic]
@@ -43,13 +59,18 @@ class FakeConsumer:
         self._assigned = set()
 
     async def getmany(
-        self, timeout_ms: int = 0, max_records: int | None = None
-    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Records:
         if not self._pending:
-            await asyncio.sleep(timeout_ms / 1000)
-            return {}
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(timeout_ms / 1000):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return {}
         batch, self._pending = self._pending[:max_records], self._pending[max_records:]
-        return {self.partition: batch}
+        self.fetched += len(batch)
+        return {self.partition: batch} if batch else {}
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
@@ -60,10 +81,10 @@ class FakeConsumer:
     def resume(self, *partitions: TopicPartition) -> None:
         pass
 
-    def last_poll_timestamp(self, partition: TopicPartition) -> int:
+    def last_poll_timestamp(self, partition: TopicPartition) -> int | None:
         return int(time.time() * 1000)
 
-    def highwater(self, partition: TopicPartition) -> int:
+    def highwater(self, partition: TopicPartition) -> int | None:
         return self._end
 
     async def position(self, partition: TopicPartition) -> int:
@@ -79,7 +100,7 @@ class FakeConsumer:
 SendHook = Callable[[str, bytes | None], Awaitable[None]]
 
 
-class RecordingProducer:
+class MemoryProducer:
     """Acknowledges every send at once and keeps what was sent; ``before_send`` may raise
     to play a broker refusing a record."""
 
@@ -96,14 +117,14 @@ class RecordingProducer:
     async def send(
         self,
         topic: str,
-        value: bytes | None,
+        value: bytes | None = None,
+        key: bytes | None = None,
         *,
-        key: bytes | None,
-        headers: list[tuple[str, bytes]],
+        headers: Headers | None = None,
     ) -> asyncio.Future[RecordMetadata]:
         if self._before_send is not None:
             await self._before_send(topic, value)
-        self.sent.append((topic, key, value, dict(headers)))
+        self.sent.append((topic, key, value, dict(headers or [])))
         acked: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         tp = TopicPartition(topic, 0)
         acked.set_result(RecordMetadata(topic, 0, tp, len(self.sent) - 1, -1, 0, 0))
@@ -113,33 +134,16 @@ class RecordingProducer:
         return [headers for t, _, _, headers in self.sent if t == topic]
 
 
-def clients(consumer: FakeConsumer, producer: RecordingProducer) -> KafkaClients:
-    """The runner's ``clients`` factory, handing out these fakes."""
+def memory_clients(consumer: KafkaConsumer, producer: KafkaProducer) -> KafkaClients:
+    """A runner's ``clients`` factory, handing out these clients."""
 
-    def make() -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
-        return cast(AIOKafkaConsumer, consumer), cast(AIOKafkaProducer, producer)
+    def make() -> tuple[KafkaConsumer, KafkaProducer]:
+        return consumer, producer
 
     return make
 
 
-async def run_until(runner: Runner, done: Callable[[], bool], timeout: float = 20) -> None:
-    """Run the runner (consume, handle, publish, commit) until ``done()``, then stop it the
-    way SIGTERM does: drain, final commit, leave."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
-    try:
-        async with asyncio.timeout(timeout):
-            while not done():
-                if task.done():
-                    task.result()  # raises what ended it
-                    raise AssertionError("the runner stopped early")
-                await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=timeout)
-
-
-def record(
+def consumer_record(
     partition: TopicPartition,
     offset: int,
     value: bytes | None,
@@ -162,3 +166,24 @@ def record(
         headers=headers or [],
     )
     return cast(ConsumerRecord[bytes, bytes], found)
+
+
+async def run_until(
+    run: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+    done: Callable[[], bool],
+    timeout: float = 20,
+) -> None:
+    """Run ``run`` (a runner's) until ``done()``, then stop it the way SIGTERM does: drain,
+    final commit, leave."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(stop))
+    try:
+        async with asyncio.timeout(timeout):
+            while not done():
+                if task.done():
+                    task.result()  # raises what ended it
+                    raise AssertionError("the runner stopped early")
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=timeout)

@@ -1,0 +1,116 @@
+"""Connecting to the broker: retried while unreachable, ended by a refusal or a stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from consumer.core.backoff import Backoff
+from consumer.kafka.connect import connect
+
+FAST = Backoff((0.01,))
+
+
+class Unreachable(Exception):
+    pass
+
+
+class Refused(Exception):
+    pass
+
+
+async def test_backoff_repeats_its_last_step() -> None:
+    backoff = Backoff((1.0, 2.0, 5.0))
+    assert [backoff.delay(n) for n in range(5)] == [1.0, 2.0, 5.0, 5.0, 5.0]
+
+
+async def test_a_backoff_without_steps_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one step"):
+        Backoff(())
+
+
+async def test_unreachable_attempts_are_retried_until_one_succeeds() -> None:
+    tries: list[int] = []
+    seen: list[Exception] = []
+
+    async def attempt() -> str:
+        tries.append(len(tries))
+        if len(tries) < 3:
+            raise Unreachable("no route")
+        return "clients"
+
+    started = await connect(
+        attempt,
+        bootstrap_servers="b:9092",
+        stop=asyncio.Event(),
+        unreachable=(Unreachable,),
+        backoff=FAST,
+        on_unreachable=seen.append,
+    )
+    assert started == "clients"
+    assert len(tries) == 3
+    assert [str(e) for e in seen] == ["no route", "no route"]
+
+
+async def test_a_refusal_is_raised_at_once() -> None:
+    async def attempt() -> str:
+        raise Refused("bad password")
+
+    with pytest.raises(Refused):
+        await connect(
+            attempt,
+            bootstrap_servers="b:9092",
+            stop=asyncio.Event(),
+            unreachable=(Unreachable,),
+            backoff=FAST,
+        )
+
+
+async def test_a_stop_cancels_an_attempt_under_way() -> None:
+    stop = asyncio.Event()
+    attempting = asyncio.Event()
+    cleaned_up = asyncio.Event()
+
+    async def attempt() -> str:
+        attempting.set()
+        try:
+            await asyncio.Event().wait()  # a broker that takes its time
+        except asyncio.CancelledError:
+            cleaned_up.set()
+            raise
+        raise AssertionError("unreachable")
+
+    connecting = asyncio.create_task(
+        connect(
+            attempt,
+            bootstrap_servers="b:9092",
+            stop=stop,
+            unreachable=(Unreachable,),
+            backoff=FAST,
+        )
+    )
+    await asyncio.wait_for(attempting.wait(), timeout=2)
+    stop.set()
+    assert await asyncio.wait_for(connecting, timeout=2) is None
+    assert cleaned_up.is_set(), "the attempt was cancelled, so it closed its clients"
+
+
+async def test_a_stop_ends_the_wait_between_attempts() -> None:
+    stop = asyncio.Event()
+
+    async def attempt() -> str:
+        stop.set()
+        raise Unreachable("no route")
+
+    result = await asyncio.wait_for(
+        connect(
+            attempt,
+            bootstrap_servers="b:9092",
+            stop=stop,
+            unreachable=(Unreachable,),
+            backoff=Backoff((3600.0,)),
+        ),
+        timeout=2,
+    )
+    assert result is None
