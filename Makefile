@@ -14,18 +14,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# A real Apache Kafka (KRaft) for the tests (tests/kafka/broker.py): the version pinned in
-# tests/kafka/pom.xml and its runtime jars, fetched by Maven from Maven Central into
+# A real Apache Kafka (KRaft) for the tests (kafka_local/broker.py): the version pinned in
+# kafka_local/pom.xml and its runtime jars, fetched by Maven from Maven Central into
 # .cache/kafka/lib (local repository .cache/kafka/m2). Needs Java 17+ and Maven; refetched
 # when the pom changes.
 KAFKA_CACHE := .cache/kafka
 KAFKA_STAMP := $(KAFKA_CACHE)/.fetched
 MVN ?= mvn
 
-$(KAFKA_STAMP): tests/kafka/pom.xml
+$(KAFKA_STAMP): kafka_local/pom.xml
 	@echo "Fetching Apache Kafka for the tests with Maven into $(KAFKA_CACHE) (the first fetch takes a while)"
 	rm -rf $(KAFKA_CACHE)/lib $(KAFKA_CACHE)/lib.partial
-	$(MVN) -q -B -f tests/kafka/pom.xml -Dmaven.repo.local=$(CURDIR)/$(KAFKA_CACHE)/m2 \
+	$(MVN) -q -B -f kafka_local/pom.xml -Dmaven.repo.local=$(CURDIR)/$(KAFKA_CACHE)/m2 \
 		-Dkafka.lib.dir=$(CURDIR)/$(KAFKA_CACHE)/lib.partial dependency:copy-dependencies
 	mv $(KAFKA_CACHE)/lib.partial $(KAFKA_CACHE)/lib
 	touch $@
@@ -45,11 +45,11 @@ test-integration: $(STAMP) $(KAFKA_STAMP)
 	$(BIN)/pytest -q -m integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check consumer tests bench
-	$(BIN)/ruff format --check consumer tests bench
+	$(BIN)/ruff check consumer tests bench kafka_local
+	$(BIN)/ruff format --check consumer tests bench kafka_local
 
 typecheck: $(STAMP)
-	$(BIN)/mypy consumer tests bench
+	$(BIN)/mypy consumer tests bench kafka_local
 
 check: lint typecheck test
 

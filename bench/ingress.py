@@ -2,8 +2,8 @@
 
     python -m bench.ingress [--seconds 10] [--concurrency 64] [--out bench-results.json]
 
-Starts the embedded broker and one ingress process (the real command, default settings but
-loopback and the embedded broker's ``enable_idempotence = false``), then fires signed
+Starts an Apache Kafka node and one ingress process (the real command, default settings but
+loopback), then fires signed
 ``POST /v1/order-cancelled`` requests, each a new event, from ``--concurrency`` aiohttp
 clients for ``--seconds`` (after a warm-up that is not counted). Reports accepted webhooks per
 second and the latency percentiles of the accepted ones, checks that every accepted event is
@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -33,12 +33,13 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench import broker
 from bench.procs import cpu_seconds, machine, peak_rss_mb, py_spy
 from consumer.config import KafkaSettings
 from consumer.core.examples import order_cancelled_example
 from consumer.ingress.server import ROUTE
 from consumer.ingress.signature import SIGNATURE_HEADER, SOURCE_HEADER, sign
-from consumer.tools.embedded_broker import EmbeddedBroker, free_port
+from consumer.tools.embedded_broker import free_port
 from consumer.tools.topics import ensure_topics
 
 TARGET_PER_S: Final = 2000
@@ -51,7 +52,6 @@ CONFIG: Final = """
 [kafka]
 bootstrap_servers = "{bootstrap}"
 input_topic = "{topic}"
-enable_idempotence = false
 
 [telemetry]
 log_format = "json"
@@ -197,18 +197,8 @@ async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float 
     raise RuntimeError("the ingress did not become ready")
 
 
-@contextlib.asynccontextmanager
-async def broker() -> AsyncIterator[str]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
-    async with EmbeddedBroker() as embedded:
-        yield embedded.bootstrap_servers
-
-
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    async with broker() as bootstrap:
+    async with broker.kafka() as bootstrap:
         tag = uuid.uuid4().hex[:8]
         kafka = KafkaSettings(
             bootstrap_servers=bootstrap,
@@ -216,7 +206,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             cancelled_topic=f"shipments.cancelled.ingress-bench.{tag}",
             failed_topic=f"shipments.cancel-failed.ingress-bench.{tag}",
             dlq_topic=f"orders.cancelled.dlq.ingress-bench.{tag}",
-            enable_idempotence=False,
         )
         await ensure_topics(kafka, partitions=PARTITIONS)
         port = free_port()

@@ -37,7 +37,6 @@ class Topics:
             cancelled_topic=f"shipments.cancelled.{self.tag}",
             failed_topic=f"shipments.cancel-failed.{self.tag}",
             dlq_topic=f"orders.cancelled.dlq.{self.tag}",
-            enable_idempotence=False,
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
         )
@@ -98,7 +97,7 @@ async def producer(kafka: KafkaSettings, linger_ms: int = 5) -> AsyncIterator[AI
     client = AIOKafkaProducer(
         bootstrap_servers=kafka.bootstrap_servers,
         acks="all",
-        enable_idempotence=False,
+        enable_idempotence=True,
         linger_ms=linger_ms,
         max_batch_size=256 * 1024,
     )
@@ -136,8 +135,8 @@ async def paced(
     total = int(rate * seconds)
     pending: list[asyncio.Future[object]] = []
     # Each tick sends the events that fell due since the last one, in one produce request:
-    # a request per event costs the embedded broker (whose CPU grows with the number of
-    # stored batches) and this process more CPU than it leaves the processor under test.
+    # a request per event costs the broker and this process CPU the processor under test
+    # needs (two cores for all of them).
     # An event's input time is taken when it is sent, so the tick adds nothing to latency.
     tick = 0.02
     due = iter(events(total, orders, prefix))
@@ -252,10 +251,8 @@ class Collector:
     async def paused(self) -> AsyncIterator[None]:
         """No fetching of results inside the block; they are read after it.
 
-        The embedded broker finds a fetch's offset by walking the partition's stored
-        batches: a fetch at the tail of 2,000 batches took 2.3 ms, of 10,000 12 ms. The
-        results' own timestamps give the latencies, so reading them while the load is
-        paced only loaded the broker, more every second, on the cores the processor uses.
+        The results' own timestamps give the latencies, so reading them while the load is
+        paced would only load the broker and this process on the cores the processor uses.
         """
         partitions = self._consumer.assignment()
         self._consumer.pause(*partitions)

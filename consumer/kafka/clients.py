@@ -4,19 +4,29 @@ credentials and certificate before we start."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
-from typing import Any
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Protocol, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.conn import create_conn
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import AIOKafkaConnection
 from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
     IllegalSaslStateError,
     KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+    UnknownError,
     UnsupportedSaslMechanismError,
+    UnsupportedVersionError,
 )
 from aiokafka.helpers import create_ssl_context
 
@@ -28,9 +38,31 @@ _SASL_REFUSALS = (
     SaslAuthenticationFailed,
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
-    UnsupportedSaslMechanismError,
     IllegalSaslStateError,
 )
+
+# How long a refused login waits for its connection to close.
+_CLOSE_SECONDS = 2.0
+
+
+class _Startable(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Startable)
+
+
+@contextlib.asynccontextmanager
+async def started(client: C) -> AsyncIterator[C]:
+    """Start an aiokafka client and always stop it, also when its start fails: a client
+    left unstopped warns "Unclosed" at exit."""
+    try:
+        await client.start()
+        yield client
+    finally:
+        await client.stop()
 
 
 # A new group starts from the oldest retained event: no cancellation is skipped.
@@ -77,18 +109,19 @@ async def check_security(kafka: KafkaSettings) -> None:
     for server in kafka.bootstrap_servers.split(","):
         host, _, port = server.strip().rpartition(":")
         where = f"{host}:{port}"
+        conn = AIOKafkaConnection(
+            host.strip("[]"),
+            int(port),
+            client_id=kafka.client_id,
+            request_timeout_ms=kafka.request_timeout_ms,
+            ssl_context=options.get("ssl_context"),
+            security_protocol=kafka.security_protocol,
+            sasl_mechanism=options.get("sasl_mechanism", "PLAIN"),
+            sasl_plain_username=options.get("sasl_plain_username"),
+            sasl_plain_password=options.get("sasl_plain_password"),
+        )
         try:
-            conn = await create_conn(
-                host.strip("[]"),
-                int(port),
-                client_id=kafka.client_id,
-                request_timeout_ms=kafka.request_timeout_ms,
-                ssl_context=options.get("ssl_context"),
-                security_protocol=kafka.security_protocol,
-                sasl_mechanism=options.get("sasl_mechanism", "PLAIN"),
-                sasl_plain_username=options.get("sasl_plain_username"),
-                sasl_plain_password=options.get("sasl_plain_password"),
-            )
+            await conn.connect()
         except ssl.SSLCertVerificationError as exc:
             raise KafkaSecurityError(
                 f"kafka broker {where}: TLS certificate not trusted ({exc.verify_message});"
@@ -98,9 +131,19 @@ async def check_security(kafka: KafkaSettings) -> None:
             raise KafkaSecurityError(
                 f"kafka broker {where}: TLS handshake failed ({exc.reason or exc})"
             ) from None
+        except UnsupportedSaslMechanismError:
+            await _closed(conn)
+            # Kafka answers the handshake with the mechanisms of the listener; aiokafka
+            # keeps none of them in the exception.
+            raise KafkaSecurityError(
+                f"kafka broker {where}: SASL mechanism {kafka.sasl_mechanism} not enabled on"
+                " this listener; check kafka.sasl_mechanism"
+            ) from None
         except _SASL_REFUSALS as exc:
+            await _closed(conn)
             raise KafkaSecurityError(_sasl_refused(kafka, where, str(exc))) from None
         except (KeyError, ValueError) as exc:
+            await _closed(conn)
             # aiokafka's SCRAM client fails this way on a server-final message with an error
             # (e=...) instead of a signature: a refused login.
             raise KafkaSecurityError(
@@ -108,8 +151,18 @@ async def check_security(kafka: KafkaSettings) -> None:
             ) from None
         except (OSError, TimeoutError, KafkaConnectionError, KafkaError):
             continue
-        conn.close()
+        await _closed(conn)
         return
+
+
+async def _closed(conn: AIOKafkaConnection) -> None:
+    """Close a connection that was made (TCP and TLS up) and wait, briefly, until its socket
+    is: a TLS connection closes after a goodbye with the broker, and a process that exits
+    before then (a refused start) warns "unclosed transport"."""
+    closing = conn.close()
+    if closing is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(closing), _CLOSE_SECONDS)
 
 
 def _sasl_refused(kafka: KafkaSettings, where: str, detail: str) -> str:
@@ -152,3 +205,68 @@ def aiokafka_clients(
         **client_options(kafka),
     )
     return consumer, producer
+
+
+def producer_refusal(exc: Exception, kafka: KafkaSettings) -> KafkaSecurityError | None:
+    """A producer start the broker refused for good, as one line naming the key to change
+    (``None``: not a refusal)."""
+    name = type(exc).__name__
+    if not kafka.enable_idempotence:
+        return None
+    if isinstance(exc, ClusterAuthorizationFailedError | TransactionalIdAuthorizationFailed):
+        # Kafka 3.0+ allows an idempotent producer Write on any topic or IdempotentWrite
+        # on the cluster (KIP-679); older brokers ask for IdempotentWrite only.
+        return KafkaSecurityError(
+            f"kafka broker refused the idempotent producer of {_principal(kafka)} ({name}):"
+            " grant it Write on the output topics or IdempotentWrite on the cluster,"
+            " or set kafka.enable_idempotence = false"
+        )
+    if isinstance(exc, UnknownError | UnsupportedVersionError):
+        return KafkaSecurityError(
+            f"kafka broker does not support the idempotent producer ({name});"
+            " set kafka.enable_idempotence = false"
+        )
+    return None
+
+
+def consumer_refusal(exc: Exception, kafka: KafkaSettings) -> KafkaSecurityError | None:
+    """A consumer start or poll the broker answered with a denial that waiting will not
+    change, as one line naming the key to change (``None``: not a refusal). Apache Kafka
+    denies a topic when the consumer starts (its metadata), the group when it joins."""
+    name = type(exc).__name__
+    if isinstance(exc, GroupAuthorizationFailedError):
+        return KafkaSecurityError(
+            f"kafka broker denied the consumer group {kafka.group_id!r} to {_principal(kafka)}"
+            f" ({name}): grant Read on the group, or change kafka.group_id"
+        )
+    if isinstance(exc, TopicAuthorizationFailedError):
+        return KafkaSecurityError(
+            f"kafka broker denied reading topic {kafka.input_topic!r} to {_principal(kafka)}"
+            f" ({name}): grant Read and Describe on it, or change kafka.input_topic"
+        )
+    return None
+
+
+def _principal(kafka: KafkaSettings) -> str:
+    if kafka.sasl_username:
+        return f"User:{kafka.sasl_username}"
+    return "this client's principal"
+
+
+async def topic_partitions(kafka: KafkaSettings, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of these topics (none for a topic the broker does not know), for
+    readers that assign partitions themselves: an unsubscribed consumer knows of none."""
+    admin = AIOKafkaAdminClient(
+        **client_options(kafka), request_timeout_ms=kafka.request_timeout_ms
+    )
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        if topic["error_code"] == 0
+        for partition in topic["partitions"]
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiokafka.errors import KafkaError
 
@@ -15,9 +15,15 @@ from consumer.kafka.seams import KafkaConsumer, Records
 log = logging.getLogger(__name__)
 
 
+# A poll error the broker will answer the same way however long we wait (an exception to
+# raise), or None.
+Refusal = Callable[[Exception], Exception | None]
+
+
 class Poller:
-    def __init__(self, consumer: KafkaConsumer) -> None:
+    def __init__(self, consumer: KafkaConsumer, refusal: Refusal = lambda exc: None) -> None:
         self._consumer = consumer
+        self._refusal = refusal
         self._paused = False
         # Whether the loop waits in ``getmany``, and whether stop cancelled that wait.
         self._polling = False
@@ -59,6 +65,9 @@ class Poller:
         try:
             return await self._getmany(timeout_ms, max(1, max_records))
         except KafkaError as exc:
+            refused = self._refusal(exc)
+            if refused is not None:
+                raise refused from None
             # Coordinator and fetch errors surface here; the consumer recovers by itself.
             log.warning(
                 "kafka poll failed, retrying", extra={"error": f"{type(exc).__name__}: {exc}"}

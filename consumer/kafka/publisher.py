@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import RecordMetadata
@@ -37,8 +38,13 @@ class Publisher:
         metrics: Metrics,
         health: ConsumerHealth,
         trouble: BrokerTrouble,
+        request_timeout_seconds: float,
     ) -> None:
         self._producer = producer
+        self._request_timeout = request_timeout_seconds
+        # When each publish under way started (oldest first): the idempotent producer
+        # retries a silent broker by itself, so a stalled publish raises nothing.
+        self._publishing: dict[object, float] = {}
         self._dlq_topic = dlq_topic
         self._spans = spans
         self._metrics = metrics
@@ -48,12 +54,17 @@ class Publisher:
     async def publish(self, outgoing: list[Outgoing], span: trace.Span) -> None:
         """Send and wait for every acknowledgement; each record's ``traceparent`` names its
         own PRODUCER span."""
-        with self._spans.sending(outgoing) as sending:
-            outgoing = [
-                o.with_headers_first(inject_headers(send))
-                for o, send in zip(outgoing, sending.spans, strict=True)
-            ]
-            sending.acked(await self._send_all(outgoing, span, sending))
+        token = object()
+        self._publishing[token] = time.monotonic()
+        try:
+            with self._spans.sending(outgoing) as sending:
+                outgoing = [
+                    o.with_headers_first(inject_headers(send))
+                    for o, send in zip(outgoing, sending.spans, strict=True)
+                ]
+                sending.acked(await self._send_all(outgoing, span, sending))
+        finally:
+            del self._publishing[token]
         metrics = self._metrics
         for o in outgoing:
             metrics.sent.add(1, metrics.sent_attributes(o.topic))
@@ -61,6 +72,19 @@ class Publisher:
                 metrics.results.add(1, metrics.result_attributes(*result_labels(o.result)))
             elif o.dlq_category is not None:
                 metrics.dlq_records.add(1, metrics.category_attributes(o.dlq_category))
+
+    def report_stall(self) -> None:
+        """Say so when the oldest publish under way has waited a request timeout for the
+        broker's acknowledgement."""
+        if not self._publishing:
+            return
+        waited = time.monotonic() - next(iter(self._publishing.values()))
+        if waited >= self._request_timeout:
+            self._trouble.failed(
+                "kafka broker not acknowledging results, waiting; their offsets stay"
+                " uncommitted until it does",
+                waited_seconds=round(waited, 1),
+            )
 
     async def _send_all(
         self, outgoing: list[Outgoing], span: trace.Span, sending: Sending

@@ -8,6 +8,7 @@ partition is finished too. A crash repeats work past the last commit; it never s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from opentelemetry.trace import Tracer
 
 from consumer.config import KafkaSettings, ProcessingSettings
@@ -24,7 +25,12 @@ from consumer.core.canceller import Canceller
 from consumer.core.events import OrderCancelled
 from consumer.core.pipeline import parse_order_cancelled
 from consumer.core.records import OutputTopics
-from consumer.kafka.clients import aiokafka_clients, check_security
+from consumer.kafka.clients import (
+    aiokafka_clients,
+    check_security,
+    consumer_refusal,
+    producer_refusal,
+)
 from consumer.kafka.commits import Committer
 from consumer.kafka.connect import connect
 from consumer.kafka.handler import RecordHandler
@@ -54,6 +60,7 @@ class _Connection:
     producer: KafkaProducer
     poller: Poller
     committer: Committer
+    publisher: Publisher
     handler: RecordHandler
 
 
@@ -125,11 +132,12 @@ class Runner:
             metrics=self._metrics,
             health=self._health,
             trouble=self._trouble,
+            request_timeout_seconds=self._kafka.request_timeout_ms / 1000,
         )
         connection = _Connection(
             consumer,
             producer,
-            Poller(consumer),
+            Poller(consumer, refusal=lambda exc: consumer_refusal(exc, self._kafka)),
             Committer(
                 consumer,
                 self._inflight,
@@ -137,6 +145,7 @@ class Runner:
                 self._trouble,
                 self._kafka.request_timeout_ms / 1000,
             ),
+            publisher,
             RecordHandler(
                 self._canceller,
                 publisher,
@@ -149,10 +158,11 @@ class Runner:
         listener = _DrainOnRevoke(lambda revoked: self._drain(connection, revoked), self._health)
         consumer.subscribe([self._kafka.input_topic], listener=listener)
         try:
-            # A refused login or certificate ends the run with one line (ConfigError).
+            # A refused login, certificate or idempotent producer ends the run with one
+            # line (ConfigError).
             await check_security(self._kafka)
-            await producer.start()
-            await consumer.start()
+            await _start(producer, producer_refusal, self._kafka)
+            await _start(consumer, consumer_refusal, self._kafka)
         except BaseException:
             await producer.stop()
             await consumer.stop()
@@ -178,6 +188,7 @@ class Runner:
                         self._dispatch(connection, tp, record)
                 if time.monotonic() >= next_commit:
                     await connection.committer.commit(inflight.partitions)
+                    connection.publisher.report_stall()
                     await self._health.observe(connection.consumer)
                     next_commit = time.monotonic() + commit_every
 
@@ -232,8 +243,8 @@ class Runner:
             )
         consumer = connection.consumer
         log.info("partitions released", extra={"partitions": _names(consumer.assignment())})
-        await _bounded(consumer.stop(), closing, "leaving the consumer group")
-        await _bounded(connection.producer.stop(), closing, "flushing the producer")
+        await _close(consumer, closing, "leaving the consumer group")
+        await _close(connection.producer, closing, "flushing the producer")
         committer.abandon()
         log.info("stopped")
 
@@ -259,17 +270,41 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self._health.joined()
 
 
+async def _start(
+    client: KafkaConsumer | KafkaProducer,
+    refusal: Callable[[Exception, KafkaSettings], Exception | None],
+    kafka: KafkaSettings,
+) -> None:
+    try:
+        await client.start()
+    except KafkaError as exc:
+        refused = refusal(exc, kafka)
+        if refused is not None:
+            raise refused from None
+        raise
+
+
 def _names(partitions: Iterable[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}-{tp.partition}" for tp in partitions)
 
 
-async def _bounded(closing: Awaitable[None], deadline: float, what: str) -> None:
-    """Await ``closing`` until ``deadline`` (a ``time.monotonic()``), then give up on it."""
+async def _close(client: KafkaConsumer | KafkaProducer, deadline: float, what: str) -> None:
+    """Stop ``client`` until ``deadline`` (a ``time.monotonic()``); past it, drop its
+    connections without the goodbye (leaving the group, flushing) the broker does not
+    answer."""
     try:
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-            await closing
+            await client.stop()
+        return
     except TimeoutError:
         log.warning(f"{what} timed out; the kafka broker is not answering")
+    # aiokafka offers no public way to close without that goodbye; its network client's
+    # close() shuts the sockets at once. Left open, each would warn "Unclosed" at exit.
+    network = getattr(client, "_client", None)
+    if network is not None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLOSE_SECONDS):
+                await network.close()
 
 
 async def _first_of(a: Awaitable[object], b: Awaitable[object], timeout: float) -> None:

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from consumer.app import run_service
 from consumer.config import BOOTSTRAP_ENV, Settings, settings_from_mapping
 from consumer.core import headers as h
 from consumer.core.examples import order_cancelled_example
-from consumer.kafka.clients import client_options
+from consumer.kafka.clients import client_options, started, topic_partitions
 from consumer.observability.logs import configure_logging
 from consumer.simulator import Simulator
 from consumer.tools.embedded_broker import EmbeddedBroker
@@ -139,14 +139,10 @@ async def _publish_and_watch(
 ) -> int:
     kafka = settings.kafka
     watcher = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False)
-    await watcher.start()
-    try:
-        await watcher.topics()  # loads metadata, so partitions_for_topic knows them
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in (kafka.cancelled_topic, kafka.failed_topic, kafka.dlq_topic)
-            for p in (watcher.partitions_for_topic(topic) or {0})
-        ]
+    async with started(watcher):
+        partitions = await topic_partitions(
+            kafka, (kafka.cancelled_topic, kafka.failed_topic, kafka.dlq_topic)
+        )
         watcher.assign(partitions)
         await watcher.seek_to_beginning(*partitions)
         await _publish(settings, batch)
@@ -176,8 +172,6 @@ async def _publish_and_watch(
             return 1
         print(f"\nall {expected} results arrived", file=out)
         return 0
-    finally:
-        await watcher.stop()
 
 
 async def _publish(settings: Settings, batch: list[Sample]) -> None:
@@ -186,14 +180,11 @@ async def _publish(settings: Settings, batch: list[Sample]) -> None:
         acks="all",
         enable_idempotence=settings.kafka.enable_idempotence,
     )
-    await producer.start()
-    try:
+    async with started(producer):
         for sample in batch:
             await producer.send_and_wait(
                 settings.kafka.input_topic, sample.value, key=sample.key.encode()
             )
-    finally:
-        await producer.stop()
 
 
 _WIDTHS = (7, 28, 11, 18, 24, 5, 32, 44)

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from consumer.config import KafkaSettings
 from consumer.core import headers as h
 from consumer.core.events import CancelFailed, OrderCancelled
-from consumer.kafka.clients import client_options
+from consumer.kafka.clients import client_options, started, topic_partitions
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 Source = Literal["dlq", "failed"]
@@ -257,9 +257,8 @@ async def read_topic(
     consumer = AIOKafkaConsumer(
         **client_options(kafka), enable_auto_commit=False, auto_offset_reset="earliest"
     )
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
+    async with started(consumer):
+        partitions = await topic_partitions(kafka, [topic])
         if not partitions:
             return []
         consumer.assign(partitions)
@@ -271,13 +270,6 @@ async def read_topic(
                     consumer.seek(tp, at.offset)
         ends = await consumer.end_offsets(partitions)
         return await read_to_end(consumer, ends, idle_seconds)
-    finally:
-        await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer.topics()
-    return consumer.partitions_for_topic(topic) or set()
 
 
 class TopicReadIncomplete(Exception):
@@ -373,15 +365,12 @@ async def run_redrive(kafka: KafkaSettings, options: Options, out: Callable[[str
             enable_idempotence=kafka.enable_idempotence,
             max_request_size=kafka.max_request_bytes,
         )
-        await producer.start()
-        try:
+        async with started(producer):
             for redrive in plan.redrives:
                 await producer.send_and_wait(
                     kafka.input_topic, redrive.value, key=redrive.key, headers=redrive.headers()
                 )
                 out(redrive.line(verb))
-        finally:
-            await producer.stop()
     else:
         for redrive in plan.redrives:
             out(redrive.line(verb))

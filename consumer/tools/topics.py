@@ -132,9 +132,12 @@ async def ensure_topics(
     specs = [TopicSpec(name, partitions, replication_factor, {}) for name in topic_names(kafka)]
     async with _admin(kafka) as admin:
         codes = await _create(admin, specs)
-    for name, (code, message) in codes.items():
-        if code not in (0, _TOPIC_ALREADY_EXISTS):
-            raise RuntimeError(f"cannot create topic {name}: {_cannot_create(code, message)}")
+        for name, (code, message) in codes.items():
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                raise RuntimeError(f"cannot create topic {name}: {_cannot_create(code, message)}")
+        # Created is not yet served: wait until every partition has a leader, so that a
+        # client started next finds them.
+        await _describe(admin, [spec.name for spec in specs])
 
 
 @contextlib.asynccontextmanager
@@ -209,15 +212,22 @@ def _summary(spec: TopicSpec) -> str:
 
 
 async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, Any]]:
-    """Topic metadata by name; waits briefly for topics the controller just created."""
+    """Topic metadata by name; waits briefly for topics the controller just created to be
+    known and led."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
     while True:
         topics = {t["topic"]: t for t in await admin.describe_topics(names)}
-        pending = [n for n in names if topics.get(n, {}).get("error_code", 3) in _NOT_YET_KNOWN]
+        pending = [n for n in names if not _served(topics.get(n))]
         if not pending or loop.time() > deadline:
             return topics
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.1)
+
+
+def _served(topic: dict[str, Any] | None) -> bool:
+    if topic is None or topic.get("error_code", 3) in _NOT_YET_KNOWN:
+        return False
+    return all(p.get("leader", -1) >= 0 for p in topic.get("partitions", ()))
 
 
 def _check_layout(spec: TopicSpec, topic: dict[str, Any] | None) -> Iterable[Finding]:

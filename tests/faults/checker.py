@@ -7,8 +7,7 @@
 - **order violations**: within one order, a result of a later input event that appeared
   before a result of an earlier one (first appearances; same partition of the same topic
   compares offsets, otherwise broker timestamps);
-- **committed offsets** must equal one past the last offset produced to each partition
-  (Tansu's ListOffsets is not exact, so the produced offsets are the reference);
+- **committed offsets** must equal one past the last offset produced to each partition;
 - **provider calls** per shipment, as the simulator counted them;
 - **id mismatches**: results whose event_id is not the uuid5 of their source event,
   account and shipment (so a repeat could not be deduped); must be 0 everywhere.

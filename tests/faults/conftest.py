@@ -1,8 +1,8 @@
 """Fixtures of the fault suite (``make faults``) and the results table it prints at the end.
 
-Every scenario runs the real CLI in subprocesses (processor, simulator) against the
-embedded broker started for the session (or a dedicated one), and ends with the one
-invariant checker (``tests/faults/checker.py``).
+Every scenario runs the real CLI in subprocesses (processor, simulator) against the Apache
+Kafka node started for the session (or brokers of its own: a node or a 3-node cluster it may
+kill, pause or stop), and ends with the one invariant checker (``tests/faults/checker.py``).
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
 
 from consumer.config import Settings
+from kafka_local.broker import KafkaCluster, KafkaNode
 from tests.faults.checker import Report, check
 from tests.faults.harness import (
     Input,
@@ -33,6 +34,7 @@ from tests.integration.kafka_helpers import Cluster
 __all__ = ["bootstrap_servers"]
 
 REPORTS: list[Report] = []
+B = TypeVar("B", KafkaNode, KafkaCluster)
 RESULTS_FILE = "fault-results.json"
 
 
@@ -44,7 +46,15 @@ class FaultEnv:
         self.topology = Topology(bootstrap)
         self.started = time.monotonic()
         self.processes: list[Process] = []
+        self.brokers: list[KafkaNode | KafkaCluster] = []
         self._configs = 0
+
+    def own_broker(self, broker: B) -> B:
+        """A broker (node or cluster) of this scenario's own, closed at its end; the
+        scenario's topics and group move to it."""
+        self.brokers.append(broker)
+        self.topology = Topology(broker.bootstrap_servers)
+        return broker
 
     def simulator(self, **options: Any) -> SimulatorProcess:
         sim = SimulatorProcess(self.workdir, **options)
@@ -96,6 +106,8 @@ class FaultEnv:
     def cleanup(self) -> None:
         for process in self.processes:
             process.ensure_dead()
+        for broker in self.brokers:
+            broker.close()
 
 
 @pytest.fixture

@@ -21,12 +21,11 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import RecordMetadata
 
 from consumer.config import Settings, settings_from_mapping
-from consumer.kafka.clients import client_options
-from consumer.tools.embedded_broker import EmbeddedBroker, accepts_connections
+from consumer.kafka.clients import client_options, topic_partitions
 from consumer.tools.topics import ensure_topics
 from tests.integration.kafka_helpers import Cluster, Record
 
@@ -273,57 +272,6 @@ class SimulatorProcess(Process):
         }
 
 
-class BrokerProcess(Process):
-    """A dedicated embedded broker (Tansu) that a scenario may start late, pause or stop."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        port: int | None = None,
-        *,
-        advertised_port: int | None = None,
-        extra_args: Iterable[str] = (),
-        name: str = "broker",
-    ) -> None:
-        self.broker = EmbeddedBroker(port=port)
-        command = self.broker.command()
-        if advertised_port is not None:
-            # Clients are sent to a front (TLS/SASL) on that port instead of here.
-            where = command.index("--advertised-listener-url") + 1
-            command[where] = f"tcp://{self.broker.host}:{advertised_port}"
-        super().__init__(name, [*command, *extra_args], workdir, dict(os.environ))
-
-    @property
-    def bootstrap_servers(self) -> str:
-        return self.broker.bootstrap_servers
-
-    async def __aenter__(self) -> BrokerProcess:
-        self.start()
-        await self.wait_listening()
-        return self
-
-    async def wait_listening(self, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise RuntimeError(f"broker exited with {self.returncode}")
-            if await accepts_connections(self.broker.host, self.broker.port):
-                return
-            await asyncio.sleep(0.05)
-        raise RuntimeError("broker did not listen")
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.signal(signal.SIGCONT)
-        with contextlib.suppress(TimeoutError):
-            await self.stop(timeout=5)
-        self.ensure_dead()
-
-
 # --- configuration --------------------------------------------------------------------
 
 
@@ -376,7 +324,6 @@ class Topology:
             "cancelled_topic": f"shipments.cancelled.{self.run}",
             "failed_topic": f"shipments.cancel-failed.{self.run}",
             "dlq_topic": f"orders.cancelled.dlq.{self.run}",
-            "enable_idempotence": False,
             "session_timeout_ms": 6000,
             "heartbeat_interval_ms": 1000,
             "commit_interval_seconds": 0.2,
@@ -488,13 +435,8 @@ class OutputReader:
 
     async def __aenter__(self) -> OutputReader:
         await self._consumer.start()
-        await self._consumer.topics()
         topics = [self.kafka.cancelled_topic, self.kafka.failed_topic, self.kafka.dlq_topic]
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in (self._consumer.partitions_for_topic(topic) or set())
-        ]
+        partitions = await topic_partitions(self.kafka, topics)
         self._consumer.assign(partitions)
         await self._consumer.seek_to_beginning(*partitions)
         return self

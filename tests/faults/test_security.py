@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import base64
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from consumer.kafka.clients import KafkaSecurityError, check_security
 from consumer.tools.embedded_broker import free_port
+from kafka_local.security import (
+    CLUSTER,
+    Acl,
+    Operation,
+    Resource,
+    SecureKafkaNode,
+    make_certificates,
+    processor_acls,
+)
 from tests.faults.conftest import FaultEnv
 from tests.faults.harness import (
-    BrokerProcess,
     Input,
     OutputReader,
     ProcessorProcess,
@@ -22,12 +31,13 @@ from tests.faults.harness import (
     dlq_sources,
     poison_record,
     produce,
+    produce_steadily,
     result_ids,
 )
-from tests.faults.kafka_front import SecureFront, make_certificates
 from tests.faults.streams import expected_ids, order_stream, single
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
+
 
 SHIPSTATION_KEY = "ssk_live_4f9a2c7e1b8d3f6a0c5e9b2d7f1a4c8e"
 REVOKED_KEY = "ssk_live_0d3b8f2a6c1e9f4b7a2d5c8e1f3b6a9d"
@@ -122,120 +132,218 @@ async def test_10_secrets_never_reach_logs_spans_events_or_dlq(faults: FaultEnv)
     report.notes["log_lines"] = len(processor.stderr().splitlines())
 
 
-async def _one_line_refusal(process: ProcessorProcess) -> str:
-    code = await process.wait(timeout=60)
-    lines = [line for line in process.stderr().splitlines() if not line.startswith("{")]
-    assert code == 2, process.stderr()
-    assert len(lines) == 1, process.stderr()
-    assert "Traceback" not in process.stderr()
-    return lines[0]
+# --- 11: Apache Kafka with SASL_SSL (SCRAM-SHA-512 over TLS) and ACLs --------------------
+
+PROCESSOR = "cancel-processor"
+NO_WRITE = "cancel-processor-no-write"  # may read, may write no topic: no idempotent producer
+PASSWORD = "kafka-pw-8f2d6b1a9c4e7f3b"
+# A refused start must end this quickly (the CLI's own start takes about a second).
+REFUSAL_SECONDS = 10.0
 
 
-def _secure_kafka(
-    protocol: str, mechanism: str | None, password: str | None, ca: Any
-) -> dict[str, Any]:
-    kafka: dict[str, Any] = {"security_protocol": protocol}
-    if mechanism is not None:
-        kafka.update(
-            sasl_mechanism=mechanism,
-            sasl_username="cancel-processor",
-            sasl_password="${FAULTS_KAFKA_PASSWORD}",
-        )
-    if ca is not None:
-        kafka["ssl_cafile"] = str(ca)
-    return {"kafka": kafka}
+@dataclass(frozen=True)
+class Refusal:
+    """One ``cancel-processor run`` the broker refuses, and what its one line must say."""
+
+    name: str
+    kafka: dict[str, Any]  # merged into [kafka] of the working config
+    env: dict[str, str]
+    says: tuple[str, ...]  # the cause, the key to change
+
+
+def _secure(bootstrap: str, cafile: Path) -> dict[str, Any]:
+    return {
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": PROCESSOR,
+            "sasl_password": "${FAULTS_KAFKA_PASSWORD}",
+            "ssl_cafile": str(cafile),
+            "enable_idempotence": True,
+        }
+    }
+
+
+def _internal(config: dict[str, Any], bootstrap: str) -> dict[str, Any]:
+    """``config`` through the broker's PLAINTEXT listener: no TLS, no login."""
+    kafka = {k: v for k, v in config["kafka"].items() if not k.startswith(("sasl_", "ssl_"))}
+    kafka.update(bootstrap_servers=bootstrap, security_protocol="PLAINTEXT")
+    return {**config, "kafka": kafka}
 
 
 async def test_11_kafka_over_tls_and_sasl_and_refused_logins(faults: FaultEnv) -> None:
-    certificates = make_certificates(faults.workdir / "tls")
-    if certificates is None:
-        pytest.skip("openssl is needed to make the test certificates")
-    other_ca = make_certificates(faults.workdir / "other", name="other")
-    assert other_ca is not None
-    password = "kafka-pw-8f2d6b1a9c4e7f3b"
+    """Apache Kafka with a SASL_SSL listener (SCRAM-SHA-512 over TLS, certificates made
+    here) and ACLs: the processor, as a principal with just the ACLs it needs and an
+    idempotent producer, cancels a stream of orders; then every refusal ends a start with
+    one line naming the cause and the key to change, exit code 2."""
+    tls = make_certificates(faults.workdir / "tls")
+    untrusted_ca = make_certificates(faults.workdir / "other", name="other").ca
+    broker = SecureKafkaNode(
+        tls,
+        {PROCESSOR: PASSWORD, NO_WRITE: PASSWORD},
+        data_dir=faults.workdir / "kafka",
+    )
+    faults.own_broker(broker)
+    await broker.start()
+    faults.topology = Topology(broker.secure_bootstrap_servers)
     sim = faults.simulator()
     async with sim:
-        # 1. Tansu itself requiring authentication: a wrong password is one clear line.
-        strict = BrokerProcess(faults.workdir, extra_args=["--authentication"], name="strict")
-        faults.processes.append(strict)
-        await strict.__aenter__()
-        refused_config = deep_merge(
-            Topology(strict.bootstrap_servers).config(sim.accounts()),
-            _secure_kafka("SASL_PLAINTEXT", "SCRAM-SHA-512", password, None),
+        config = faults.config(sim, _secure(broker.secure_bootstrap_servers, tls.ca))
+        env = {**sim.secrets_env(), "FAULTS_KAFKA_PASSWORD": PASSWORD}
+        # The test's own clients (topics, input, output, commits) use the PLAINTEXT
+        # listener, whose User:ANONYMOUS is a super user.
+        admin = _internal(config, broker.bootstrap_servers)
+        settings = await faults.provision(admin, env)
+        kafka = settings.kafka
+        outputs = [kafka.cancelled_topic, kafka.failed_topic, kafka.dlq_topic]
+        refusals = await _prepare_refusals(faults, broker, admin, env, untrusted_ca)
+        await broker.create_acls(
+            processor_acls(
+                PROCESSOR,
+                group=kafka.group_id,
+                input_topic=kafka.input_topic,
+                output_topics=outputs,
+            )
         )
-        env = {**sim.secrets_env(), "FAULTS_KAFKA_PASSWORD": "not-the-password"}
-        tansu_refusal = await _one_line_refusal(faults.processor(refused_config, env))
-        assert tansu_refusal.startswith("error: kafka broker 127.0.0.1:"), tansu_refusal
-        assert "SASL SCRAM-SHA-512 login as 'cancel-processor' refused" in tansu_refusal
 
-        # 2. SASL_SSL (SCRAM-SHA-512 over TLS) through the front, end to end.
-        front_port = free_port()
-        broker = BrokerProcess(faults.workdir, advertised_port=front_port, name="plain")
-        faults.processes.append(broker)
-        await broker.__aenter__()
-        async with SecureFront(
-            upstream=(broker.broker.host, broker.broker.port),
-            port=front_port,
-            certificates=certificates,
-            users={"cancel-processor": password},
-        ) as front:
-            faults.topology = Topology(f"127.0.0.1:{front_port}")
-            secure = _secure_kafka("SASL_SSL", "SCRAM-SHA-512", password, certificates.ca)
-            config = faults.config(sim, secure)
-            env = {**sim.secrets_env(), "FAULTS_KAFKA_PASSWORD": password}
-            settings = await faults.provision(config, env)
-            async with cluster_for(settings) as cluster, OutputReader(settings) as reader:
-                processor = faults.processor(config, env)
-                sent = await produce(cluster, order_stream(100, 10))
-                wanted = expected_ids(sent)
-                await reader.wait_for(lambda r: wanted <= result_ids(r), timeout=120)
-                await processor.stop()
-                report = await faults.finish(
-                    "11 Kafka SASL_SSL + refusals", sent, reader, cluster, sim
-                )
+        # 1. The processor through SASL_SSL, with its ACLs and an idempotent producer.
+        async with cluster_for(settings) as cluster, OutputReader(settings) as reader:
+            processor = faults.processor(config, env)
+            await processor.wait_for_log("partitions assigned", timeout=60)
+            sent = await produce_steadily(cluster, order_stream(300, 30), per_second=150)
+            wanted = expected_ids(sent)
+            await reader.wait_for(lambda r: wanted <= result_ids(r), timeout=120)
+            await processor.stop()
+            assert processor.returncode == 0, processor.stderr()
+            report = await faults.finish("11 Kafka SASL_SSL + refusals", sent, reader, cluster, sim)
 
-            # 3. Refusals at the front: wrong password, wrong CA, one clear line each.
-            wrong_password, untrusted = await _refusals(faults, config, env, other_ca.ca)
-            await _other_mechanisms(faults, config, env)
-            logins = list(front.logins)
+        # 2. The refusals: one line each, exit code 2, in seconds.
+        lines: dict[str, str] = {}
+        seconds: dict[str, float] = {}
+        for refusal in refusals:
+            refused_config = deep_merge(config, {"kafka": refusal.kafka})
+            process = faults.processor(refused_config, {**env, **refusal.env}, name=refusal.name)
+            lines[refusal.name], seconds[refusal.name] = await _one_line_refusal(process)
 
     assert report.lost == 0, report.row()
     assert report.duplicates == 0, report.row()
     assert report.committed_equals_end
-    assert ("SCRAM-SHA-512", "cancel-processor", True) in logins
-    assert ("SCRAM-SHA-512", "cancel-processor", False) in logins
-    assert {
-        ("PLAIN", "cancel-processor", True),
-        ("SCRAM-SHA-256", "cancel-processor", True),
-    } <= set(logins)
-    assert "SASL SCRAM-SHA-512 login as 'cancel-processor' refused" in wrong_password
-    assert "TLS certificate not trusted" in untrusted, untrusted
-    for line in (tansu_refusal, wrong_password, untrusted):
-        assert password not in line
-        assert "wrong" not in line
-    report.notes.update(
-        tansu_refusal=tansu_refusal, front_refusal=wrong_password, untrusted_ca=untrusted
-    )
+    for refusal in refusals:
+        line = lines[refusal.name]
+        assert line.startswith("error: kafka "), (refusal.name, line)
+        for text in refusal.says:
+            assert text in line, (refusal.name, text, line)
+        assert PASSWORD not in line
+        assert "not-the-password" not in line
+    report.notes.update(refusal_lines=lines, refusal_seconds=seconds)
 
 
-async def _refusals(
-    faults: FaultEnv, config: dict[str, Any], env: dict[str, str], other_ca: Path
-) -> tuple[str, str]:
-    """The one line a wrong password and an untrusted certificate each end the run with."""
-    wrong_password = await _one_line_refusal(
-        faults.processor(config, {**env, "FAULTS_KAFKA_PASSWORD": "wrong"})
-    )
-    untrusted_config = deep_merge(config, {"kafka": {"ssl_cafile": str(other_ca)}})
-    untrusted = await _one_line_refusal(faults.processor(untrusted_config, env))
-    return wrong_password, untrusted
+async def _prepare_refusals(
+    faults: FaultEnv,
+    broker: SecureKafkaNode,
+    admin: dict[str, Any],
+    env: dict[str, str],
+    untrusted_ca: Path,
+) -> list[Refusal]:
+    """The topics and ACLs of every refused start (the ACLs deny explicitly, as an
+    operator revoking a right would), and what each start must answer."""
+    kafka = faults.settings(admin, env).kafka
+    group, topic = kafka.group_id, kafka.input_topic
+    outputs = [kafka.cancelled_topic, kafka.failed_topic, kafka.dlq_topic]
+    hidden, unreadable = f"{topic}.hidden", f"{topic}.unreadable"
+    for extra in (hidden, unreadable):
+        await faults.topology.create_topics(
+            deep_merge(admin, {"kafka": {"input_topic": extra}}), env
+        )
+    acls = [
+        # A group of its own, denied.
+        *Acl.deny(PROCESSOR, Resource.GROUP, f"{group}.denied", Operation.READ),
+        # An input topic it may not even see: refused at the consumer's start.
+        *Acl.deny(PROCESSOR, Resource.TOPIC, hidden, Operation.DESCRIBE, Operation.READ),
+        # An input topic it may see but not read: refused at the first fetch.
+        *Acl.allow(PROCESSOR, Resource.TOPIC, unreadable, Operation.DESCRIBE),
+        *Acl.deny(PROCESSOR, Resource.TOPIC, unreadable, Operation.READ),
+        # Rights on its topics and group, none on the cluster, no Write: since Kafka 3.0
+        # Write on any topic would allow the idempotent producer (KIP-679).
+        *Acl.allow(NO_WRITE, Resource.TOPIC, topic, Operation.READ, Operation.DESCRIBE),
+        *Acl.allow(NO_WRITE, Resource.GROUP, group, Operation.READ),
+        *[a for t in outputs for a in Acl.allow(NO_WRITE, Resource.TOPIC, t, Operation.DESCRIBE)],
+        *Acl.deny(NO_WRITE, Resource.CLUSTER, CLUSTER, Operation.IDEMPOTENT_WRITE),
+    ]
+    await broker.create_acls(acls)
+    principal = f"User:{PROCESSOR}"
+    return [
+        Refusal(
+            "wrong-password",
+            {},
+            {"FAULTS_KAFKA_PASSWORD": "not-the-password"},
+            (
+                f"kafka broker {broker.secure_bootstrap_servers}: SASL SCRAM-SHA-512 login as"
+                f" '{PROCESSOR}' refused",
+                "SaslAuthenticationFailed",
+                "kafka.sasl_password",
+            ),
+        ),
+        Refusal(
+            "untrusted-ca",
+            {"ssl_cafile": str(untrusted_ca)},
+            {},
+            ("TLS certificate not trusted", "kafka.ssl_cafile"),
+        ),
+        Refusal(
+            "denied-group",
+            {"group_id": f"{group}.denied"},
+            {},
+            (
+                f"denied the consumer group '{group}.denied' to {principal}",
+                "GroupAuthorizationFailedError",
+                "kafka.group_id",
+            ),
+        ),
+        Refusal(
+            "hidden-topic",
+            {"input_topic": hidden},
+            {},
+            (
+                f"denied reading topic '{hidden}' to {principal}",
+                "TopicAuthorizationFailedError",
+                "kafka.input_topic",
+            ),
+        ),
+        Refusal(
+            "unreadable-topic",
+            {"input_topic": unreadable},
+            {},
+            (
+                f"denied reading topic '{unreadable}' to {principal}",
+                "TopicAuthorizationFailedError",
+                "kafka.input_topic",
+            ),
+        ),
+        Refusal(
+            "no-idempotent-write",
+            {"sasl_username": NO_WRITE},
+            {},
+            (
+                f"refused the idempotent producer of User:{NO_WRITE}",
+                "ClusterAuthorizationFailedError",
+                "IdempotentWrite",
+                "kafka.enable_idempotence = false",
+            ),
+        ),
+    ]
 
 
-async def _other_mechanisms(faults: FaultEnv, config: dict[str, Any], env: dict[str, str]) -> None:
-    """PLAIN and SCRAM-SHA-256 logins are accepted too; a wrong PLAIN password is not."""
-    for mechanism in ("PLAIN", "SCRAM-SHA-256"):
-        other = deep_merge(config, {"kafka": {"sasl_mechanism": mechanism}})
-        await check_security(faults.settings(other, env).kafka)
-    plain = deep_merge(config, {"kafka": {"sasl_mechanism": "PLAIN"}})
-    wrong = faults.settings(plain, {**env, "FAULTS_KAFKA_PASSWORD": "wrong"}).kafka
-    with pytest.raises(KafkaSecurityError, match="PLAIN login as 'cancel-processor'"):
-        await check_security(wrong)
+async def _one_line_refusal(process: ProcessorProcess) -> tuple[str, float]:
+    """The one line a refused start ends with, and how long the start took."""
+    code = await process.wait(timeout=60)
+    took = time.monotonic() - process.started_at
+    stderr = process.stderr()
+    lines = [line for line in stderr.splitlines() if not line.startswith("{")]
+    assert code == 2, stderr
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    assert "nclosed" not in stderr, stderr  # "Unclosed AIOKafka...", "unclosed transport"
+    assert took < REFUSAL_SECONDS, f"{process.name} took {took:.1f} s to refuse:\n{stderr}"
+    return lines[0], round(took, 2)

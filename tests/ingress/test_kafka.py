@@ -20,7 +20,9 @@ import pytest
 from consumer.config import IngressSettings, Settings
 from consumer.ingress.server import RETRY_AFTER_SECONDS, ROUTE
 from consumer.ingress.service import serve_ingress
-from consumer.tools.embedded_broker import EmbeddedBroker, free_port
+from consumer.tools.embedded_broker import free_port
+from consumer.tools.topics import ensure_topics
+from kafka_local.broker import KafkaNode
 from tests.ingress.helpers import SECRET, SOURCE, event_body, signed_headers
 from tests.integration.kafka_helpers import Cluster, running_processor
 
@@ -153,8 +155,9 @@ async def test_unreachable_broker_is_503_with_retry_after_and_not_ready(
 async def test_broker_that_goes_away_is_503_then_ready_is_false(settings: Settings) -> None:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         pytest.skip("needs a broker of its own to stop")
-    async with EmbeddedBroker() as broker:
+    async with KafkaNode() as broker:
         own = with_ingress(settings, broker.bootstrap_servers, publish_timeout_seconds=2)
+        await ensure_topics(own.kafka, partitions=1)
         async with ingress(own) as url:
             first, _, _ = await post(url, event_body(event_id=str(uuid.uuid4())))
             await broker.stop()

@@ -1,12 +1,10 @@
-"""Fixtures for tests against a real broker: the embedded Tansu broker, started once per
-session, or the cluster named by KAFKA_BOOTSTRAP_SERVERS; plus the provider simulator."""
+"""Fixtures for tests against a real broker: one Apache Kafka node started once per session
+(``kafka_local/broker.py``), or the cluster named by KAFKA_BOOTSTRAP_SERVERS; plus the
+provider simulator."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -14,8 +12,8 @@ import pytest
 
 from consumer.config import BOOTSTRAP_ENV, Settings, settings_from_mapping
 from consumer.simulator import Simulator
-from consumer.tools.embedded_broker import EmbeddedBroker
 from consumer.tools.topics import ensure_topics
+from kafka_local.broker import KafkaNode
 from tests.integration.kafka_helpers import Cluster
 
 pytestmark = pytest.mark.integration
@@ -29,36 +27,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def bootstrap_servers() -> Iterator[str]:
+    """One Apache Kafka node (KRaft) for the session, or the cluster KAFKA_BOOTSTRAP_SERVERS
+    names."""
     external = os.environ.get(BOOTSTRAP_ENV)
     if external:
         yield external
         return
-    broker = EmbeddedBroker()
-    process = subprocess.Popen(
-        broker.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_for_port(broker.host, broker.port, process)
-        yield broker.bootstrap_servers
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"embedded broker exited with {process.returncode}")
-        try:
-            socket.create_connection((host, port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("embedded broker did not start")
+    with KafkaNode() as node:
+        yield node.bootstrap_servers
 
 
 @pytest.fixture
@@ -81,7 +57,6 @@ async def settings(bootstrap_servers: str, simulator: Simulator) -> Settings:
                 "cancelled_topic": f"shipments.cancelled.{run}",
                 "failed_topic": f"shipments.cancel-failed.{run}",
                 "dlq_topic": f"orders.cancelled.dlq.{run}",
-                "enable_idempotence": os.environ.get(BOOTSTRAP_ENV) is not None,
                 "commit_interval_seconds": 0.2,
                 "session_timeout_ms": 6000,
                 "heartbeat_interval_ms": 1000,

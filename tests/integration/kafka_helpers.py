@@ -12,13 +12,13 @@ from types import TracebackType
 from typing import Any, TypeAlias
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.structs import RecordMetadata
 
 from consumer.app import run_service
 from consumer.config import Settings
 from consumer.core.examples import order_cancelled_example
-from consumer.kafka.clients import client_options
+from consumer.kafka.clients import client_options, topic_partitions
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
@@ -89,12 +89,7 @@ class Cluster:
         consumer = AIOKafkaConsumer(**client_options(self.kafka), enable_auto_commit=False)
         await consumer.start()
         try:
-            await consumer.topics()  # loads metadata, so partitions_for_topic knows them
-            partitions = [
-                TopicPartition(topic, p)
-                for topic in topics
-                for p in (consumer.partitions_for_topic(topic) or set())
-            ]
+            partitions = await topic_partitions(self.kafka, topics)
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             records: list[Record] = []
@@ -124,12 +119,8 @@ class Cluster:
         )
         await consumer.start()
         try:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(self.kafka.input_topic) or set()
-            return {
-                p: await consumer.committed(TopicPartition(self.kafka.input_topic, p))
-                for p in partitions
-            }
+            partitions = await topic_partitions(self.kafka, [self.kafka.input_topic])
+            return {tp.partition: await consumer.committed(tp) for tp in partitions}
         finally:
             await consumer.stop()
 
@@ -147,7 +138,7 @@ async def running_processor(settings: Settings) -> AsyncIterator[asyncio.Task[No
 
 
 def end_offsets(sent: list[RecordMetadata]) -> dict[int, int]:
-    """Per partition, one past the last offset we produced (Tansu's ListOffsets is unreliable)."""
+    """Per partition, one past the last offset we produced."""
     ends: dict[int, int] = {}
     for meta in sent:
         ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)

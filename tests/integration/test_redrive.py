@@ -1,4 +1,4 @@
-"""``cancel-processor redrive`` against the embedded broker and the real processor."""
+"""``cancel-processor redrive`` against a real broker and the real processor."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import orjson
 
 from consumer.core.events import result_event_id
 from consumer.simulator import Simulator
+from consumer.tools.embedded_broker import free_port
 from consumer.tools.redrive import REDRIVEN_FROM, Options, RedriveFilter, parse_time, run_redrive
 from tests.integration.kafka_helpers import Cluster, order_event, running_processor
 
@@ -146,3 +147,27 @@ async def test_the_command_line_plans_a_dry_run(cluster: Cluster, tmp_path: Path
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, err.decode()
     assert out.decode().splitlines() == ["0 would redrive"]
+
+
+async def test_an_unreachable_broker_is_one_line_and_no_client_is_left_open(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[kafka]\nbootstrap_servers = "127.0.0.1:{free_port()}"\n')
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        "redrive",
+        "--config",
+        str(config),
+        "--dry-run",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": ""},
+    )
+    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    lines = err.decode().strip().splitlines()
+    assert process.returncode == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: kafka broker at 127.0.0.1:")

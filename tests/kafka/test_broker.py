@@ -1,4 +1,4 @@
-"""The real Kafka of the test suites (tests/kafka/broker.py) does what the fault tests rely on:
+"""The real Kafka of the test suites (kafka_local/broker.py) does what the fault tests rely on:
 idempotent acks=all produce and consume, records surviving a SIGKILL and a restart on the
 same data and ports, a 3-node cluster that survives losing a partition leader, pause and
 resume, a clear error when a node cannot start."""
@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.kafka.broker import (
+from kafka_local.broker import (
     LIB_DIR_ENV,
     KafkaCluster,
     KafkaNode,

@@ -1,6 +1,6 @@
 """Real Apache Kafka nodes (KRaft, combined broker and controller) for the test suites.
 
-The jars come from ``make kafka`` (Maven, ``tests/kafka/pom.xml``) in ``.cache/kafka/lib``
+The jars come from ``make kafka`` (Maven, ``kafka_local/pom.xml``) in ``.cache/kafka/lib``
 (or the folder named by ``KAFKA_TEST_LIB``); the JVM is ``$JAVA_HOME/bin/java`` or ``java``
 on PATH, version 17 or newer.
 
@@ -85,7 +85,7 @@ __all__ = [
     "write_properties",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 LIB_DIR_ENV = "KAFKA_TEST_LIB"
 DEFAULT_LIB_DIR = REPO_ROOT / ".cache" / "kafka" / "lib"
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
@@ -190,7 +190,7 @@ def classpath() -> str:
     ):
         raise KafkaSetupError(
             f"no Kafka jars in {lib}: run `make kafka` (fetches Apache Kafka with Maven, "
-            "tests/kafka/pom.xml)"
+            "kafka_local/pom.xml)"
         )
     return os.pathsep.join(str(jar) for jar in jars)
 
@@ -402,7 +402,12 @@ class KafkaNode:
         jvm_options: Sequence[str] = JVM_OPTIONS,
         cluster_id: str | None = None,
         voters: Mapping[int, int] | None = None,
+        controller: bool = True,
+        cluster_size: int | None = None,
     ) -> None:
+        """``controller=False``: a broker only, for a cluster whose quorum is a subset of its
+        nodes (``voters``); ``cluster_size``: the cluster's broker count, for the replication
+        defaults (default: the number of voters)."""
         wanted = [port, controller_port, *(listener.port for listener in listeners)]
         chosen = iter(free_ports(wanted.count(0)))
         ports = [p or next(chosen) for p in wanted]
@@ -414,7 +419,9 @@ class KafkaNode:
             self.listener_ports[listener.name] = listener_port
         self.cluster_id = cluster_id or kafka_uuid()
         self.voters: dict[int, int] = dict(voters or {node_id: self.controller_port})
-        if self.voters.get(node_id, self.controller_port) != self.controller_port:
+        self.controller = controller
+        self.cluster_size = cluster_size or len(self.voters)
+        if controller and self.voters.get(node_id, self.controller_port) != self.controller_port:
             raise ValueError(f"voters name another controller port for node {node_id}")
         self.jvm_options = tuple(jvm_options)
         self._owns_dir = data_dir is None
@@ -444,10 +451,11 @@ class KafkaNode:
         advertised = ",".join(
             f"{name}://{HOST}:{port}" for name, port in self.listener_ports.items()
         )
+        own_controller = f",{CONTROLLER_LISTENER}://{HOST}:{self.controller_port}"
         return {
-            "process.roles": "broker,controller",
+            "process.roles": "broker,controller" if self.controller else "broker",
             "node.id": str(self.node_id),
-            "listeners": f"{advertised},{CONTROLLER_LISTENER}://{HOST}:{self.controller_port}",
+            "listeners": advertised + (own_controller if self.controller else ""),
             "advertised.listeners": advertised,
             "listener.security.protocol.map": ",".join(f"{n}:{p}" for n, p in protocols.items()),
             "inter.broker.listener.name": CLIENT_LISTENER,
@@ -457,7 +465,7 @@ class KafkaNode:
                 f"{node}@{HOST}:{port}" for node, port in sorted(self.voters.items())
             ),
             "log.dirs": str(self.log_dir),
-            **default_properties(len(self.voters)),
+            **default_properties(self.cluster_size),
             **{key: _property_text(value) for key, value in overrides.items()},
         }
 
@@ -652,6 +660,8 @@ class KafkaNode:
         if watchdog is not None:
             watchdog.kill()
             watchdog.wait()
+            if watchdog.stdin is not None:
+                watchdog.stdin.close()
 
     # -- context managers
 
@@ -706,8 +716,12 @@ class PartitionState:
 
 
 class KafkaCluster:
-    """``size`` combined nodes (ids 1..size) forming one quorum of ``size`` voters; topics
-    default to min(3, size) replicas and ``min.insync.replicas`` to min(2, size)."""
+    """``size`` nodes (ids 1..size); the first ``controllers`` of them (default: all) are
+    combined broker and controller nodes forming the quorum, the rest brokers only. Topics
+    default to min(3, size) replicas and ``min.insync.replicas`` to min(2, size).
+
+    A quorum smaller than the cluster keeps its controller while most brokers are down:
+    the in-sync replicas of a partition can then shrink below ``min.insync.replicas``."""
 
     def __init__(
         self,
@@ -718,9 +732,13 @@ class KafkaCluster:
         listeners: Sequence[Listener] = (),
         overrides: Mapping[str, PropertyValue] | None = None,
         jvm_options: Sequence[str] = JVM_OPTIONS,
+        controllers: int | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
+        controllers = size if controllers is None else controllers
+        if not 1 <= controllers <= size:
+            raise ValueError("a cluster needs 1 to size controllers")
         if any(listener.port for listener in listeners):
             raise ValueError("the listeners of a cluster take free ports: leave port=0")
         self._owns_dir = data_dir is None
@@ -730,7 +748,8 @@ class KafkaCluster:
         cluster_id = kafka_uuid()
         # Every port of every node at once, so that no two are the same.
         ports = iter(free_ports(size * (2 + len(listeners))))
-        voters = {node_id: next(ports) for node_id in range(1, size + 1)}
+        controller_ports = {node_id: next(ports) for node_id in range(1, size + 1)}
+        voters = {n: port for n, port in controller_ports.items() if n <= controllers}
         min_isr = min(2, size) if min_insync_replicas is None else min_insync_replicas
         settings = {"min.insync.replicas": min_isr, **(overrides or {})}
         self.nodes = [
@@ -747,8 +766,10 @@ class KafkaCluster:
                 jvm_options=jvm_options,
                 cluster_id=cluster_id,
                 voters=voters,
+                controller=node_id in voters,
+                cluster_size=size,
             )
-            for node_id, controller_port in voters.items()
+            for node_id, controller_port in controller_ports.items()
         ]
         self.cluster_id = cluster_id
 
