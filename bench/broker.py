@@ -36,3 +36,8 @@ async def kafka() -> AsyncIterator[str]:
 def is_broker(command: list[bytes]) -> bool:
     """Whether a process's command line is the broker's."""
     return b"kafka.Kafka" in command
+
+
+def is_watchdog(command: list[bytes]) -> bool:
+    """Whether it is the ``sh`` that kills the broker should the bench die."""
+    return command[:1] == [b"sh"] and any(b"kill -9" in part for part in command)

@@ -265,8 +265,9 @@ class CpuMeter:
     def __init__(self, processor: int) -> None:
         self._pids = {"processor": processor}
         for child in procs.children(os.getpid()):
-            if child != processor:
-                self._pids[_process_name(child)] = child
+            name = _process_name(child)
+            if child != processor and name is not None:
+                self._pids[name] = child
         self._start = self._now()
 
     def _now(self) -> dict[str, float]:
@@ -280,13 +281,16 @@ class CpuMeter:
         return {name: round((end[name] - self._start[name]) * 1000 / events, 3) for name in end}
 
 
-def _process_name(pid: int) -> str:
+def _process_name(pid: int) -> str | None:
+    """What a child of the bench is (``None``: a helper that uses no CPU worth naming)."""
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return str(pid)
     if broker.is_broker(command):
         return "broker"
+    if broker.is_watchdog(command):
+        return None
     if b"simulate" in command:
         return "simulator"
     return str(pid)

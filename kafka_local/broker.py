@@ -346,6 +346,9 @@ def default_properties(size: int = 1, min_insync_replicas: int | None = None) ->
         "share.coordinator.state.topic.min.isr": str(min(min_isr, replicas)),
         "share.coordinator.state.topic.num.partitions": "5",
         "group.initial.rebalance.delay.ms": "0",
+        # Records up to the processor's default kafka.max_request_bytes (4 MiB), as the
+        # topics that `cancel-processor topics` creates take them: oversize-input tests.
+        "message.max.bytes": str(4 * 1024 * 1024),
         # A killed broker is fenced (its leaderships move) this many ms after its last
         # heartbeat, and a killed node restarted before then cannot register again until
         # then: 3 s instead of 9 s keeps broker-fault tests and restarts short.

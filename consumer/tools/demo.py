@@ -91,7 +91,9 @@ def demo_settings(bootstrap: str, simulator: Simulator, suffix: str) -> Settings
                 "cancelled_topic": f"shipments.cancelled{suffix}",
                 "failed_topic": f"shipments.cancel-failed{suffix}",
                 "dlq_topic": f"orders.cancelled.dlq{suffix}",
-                "enable_idempotence": False,
+                # The private embedded broker (no suffix) has no idempotent producer; an
+                # external cluster (KAFKA_BOOTSTRAP_SERVERS) is Kafka.
+                "enable_idempotence": bool(suffix),
                 "commit_interval_seconds": 0.5,
                 # Tansu holds a group's first join for half the session timeout.
                 "session_timeout_ms": 6000,

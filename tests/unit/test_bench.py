@@ -60,8 +60,8 @@ def test_the_generated_processor_config_is_valid(tmp_path: Path) -> None:
     path = run.write_config(tmp_path / "c.toml", kafka, "http://127.0.0.1:1", 0)
     settings = settings_from_mapping(tomllib.loads(path.read_text()), {})
 
-    assert settings.kafka.fetch_max_wait_ms == 10
-    assert settings.kafka.enable_idempotence is False
+    assert settings.kafka.fetch_max_wait_ms == run.FETCH_MAX_WAIT_MS
+    assert settings.kafka.enable_idempotence is True
     assert settings.providers["shipstation"].max_concurrency == run.MAX_CONCURRENCY
 
 
