@@ -386,7 +386,50 @@ def write_properties(path: Path, properties: Mapping[str, str]) -> None:
 # --- One node ----------------------------------------------------------------------------
 
 
-class KafkaNode:
+class _Managed:
+    """``async with`` and ``with`` (for sync, e.g. session, fixtures: started on an event
+    loop of its own) around ``start()`` and ``close()``; closed too when the start fails."""
+
+    async def start(self, timeout: float = 60) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __enter__(self) -> Self:
+        try:
+            run_blocking(self.start())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class KafkaNode(_Managed):
     """One KRaft node, broker and controller, on ``HOST``.
 
     Alone (the defaults) it is a cluster of one; ``KafkaCluster`` builds several with a
@@ -518,6 +561,10 @@ class KafkaNode:
 
     # -- lifecycle
 
+    def format_arguments(self) -> list[str]:
+        """More arguments of ``StorageTool format`` (a subclass adds SCRAM users)."""
+        return []
+
     def format(self) -> None:
         """``kafka.tools.StorageTool format`` unless the data dir already is (a restart)."""
         if (self.log_dir / "meta.properties").exists():
@@ -530,6 +577,7 @@ class KafkaNode:
             self.cluster_id,
             "--config",
             str(self.properties_path),
+            *self.format_arguments(),
             log_file=self.log_path,
             jvm_options=self.jvm_options,
         )
@@ -666,41 +714,6 @@ class KafkaNode:
             if watchdog.stdin is not None:
                 watchdog.stdin.close()
 
-    # -- context managers
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __enter__(self) -> Self:
-        """For sync (e.g. session) fixtures: starts on an event loop of its own."""
-        try:
-            run_blocking(self.start())
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "paused" if self.paused else "running" if self.running else "down"
         return f"<KafkaNode {self.node_id} {self.bootstrap_servers} {state}>"
@@ -718,7 +731,7 @@ class PartitionState:
     isr: tuple[int, ...]
 
 
-class KafkaCluster:
+class KafkaCluster(_Managed):
     """``size`` nodes (ids 1..size); the first ``controllers`` of them (default: all) are
     combined broker and controller nodes forming the quorum, the rest brokers only. Topics
     default to min(3, size) replicas and ``min.insync.replicas`` to min(2, size).
@@ -879,38 +892,6 @@ class KafkaCluster:
             if loop.time() >= deadline:
                 raise TimeoutError(f"{topic}[{partition}] still {state}")
             await asyncio.sleep(_POLL_SECONDS)
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __enter__(self) -> Self:
-        try:
-            run_blocking(self.start())
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # --- Helpers -----------------------------------------------------------------------------

@@ -41,11 +41,8 @@ from kafka_local.broker import (
     JVM_OPTIONS,
     KafkaNode,
     KafkaSetupError,
-    KafkaStartError,
     Listener,
     PropertyValue,
-    _java_command,
-    write_properties,
 )
 
 __all__ = [
@@ -278,33 +275,14 @@ class SecureKafkaNode(KafkaNode):
         """``host:port`` of the SASL_PLAINTEXT listener (``sasl_plaintext=True``)."""
         return self.address(SASL_LISTENER)
 
-    def format(self) -> None:
-        """``KafkaNode.format`` with every SCRAM user added to the bootstrap metadata."""
-        if (self.log_dir / "meta.properties").exists():
-            return
-        write_properties(self.properties_path, self.properties)
+    def format_arguments(self) -> list[str]:
+        """Every SCRAM user, added to the bootstrap metadata when the storage is formatted."""
         scram: list[str] = []
         for name, password in self.users.items():
             for mechanism in SCRAM_MECHANISMS:
                 credential = f"name={name},password={password},iterations={_SCRAM_ITERATIONS}"
                 scram += ["--add-scram", f"{mechanism}=[{credential}]"]
-        command = _java_command(
-            "kafka.tools.StorageTool",
-            "format",
-            "--cluster-id",
-            self.cluster_id,
-            "--config",
-            str(self.properties_path),
-            *scram,
-            log_file=self.log_path,
-            jvm_options=self.jvm_options,
-        )
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-        if done.returncode != 0:
-            raise KafkaStartError(
-                f"formatting the storage of kafka node {self.node_id} failed "
-                f"(exit {done.returncode}):\n{done.stdout}{done.stderr}\n{self.log_tail()}"
-            )
+        return scram
 
     # -- ACLs
 

@@ -30,6 +30,27 @@ async def redrive(cluster: Cluster, **options: Any) -> tuple[list[str], int]:
     return lines, published
 
 
+async def redrive_command(
+    config: Path, *args: str
+) -> tuple[asyncio.subprocess.Process, bytes, bytes]:
+    """``cancel-processor redrive --config CONFIG ARGS`` run to its end: the process, its
+    stdout and its stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        "redrive",
+        "--config",
+        str(config),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": ""},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    return process, out, err
+
+
 async def inputs(cluster: Cluster, count: int) -> list[Any]:
     return await cluster.collect([cluster.kafka.input_topic], count)
 
@@ -128,23 +149,9 @@ async def test_the_command_line_plans_a_dry_run(cluster: Cluster, tmp_path: Path
         f'failed_topic = "{kafka.failed_topic}"\ndlq_topic = "{kafka.dlq_topic}"\n'
         f"enable_idempotence = {str(kafka.enable_idempotence).lower()}\n"
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "consumer",
-        "redrive",
-        "--config",
-        str(config),
-        "--dry-run",
-        "--since",
-        "1h",
-        "--category",
-        "timeout",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": ""},
+    process, out, err = await redrive_command(
+        config, "--dry-run", "--since", "1h", "--category", "timeout"
     )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, err.decode()
     assert out.decode().splitlines() == ["0 would redrive"]
 
@@ -154,19 +161,7 @@ async def test_an_unreachable_broker_is_one_line_and_no_client_is_left_open(
 ) -> None:
     config = tmp_path / "config.toml"
     config.write_text(f'[kafka]\nbootstrap_servers = "127.0.0.1:{free_port()}"\n')
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "consumer",
-        "redrive",
-        "--config",
-        str(config),
-        "--dry-run",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": ""},
-    )
-    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    process, _, err = await redrive_command(config, "--dry-run")
     lines = err.decode().strip().splitlines()
     assert process.returncode == 1
     assert len(lines) == 1, lines
