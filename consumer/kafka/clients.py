@@ -223,8 +223,8 @@ def producer_refusal(exc: Exception, kafka: KafkaSettings) -> KafkaSecurityError
         )
     if isinstance(exc, UnknownError | UnsupportedVersionError):
         return KafkaSecurityError(
-            f"kafka broker does not support the idempotent producer ({name});"
-            " set kafka.enable_idempotence = false"
+            f"kafka broker refused the idempotent producer ({name}), as a broker without one"
+            " answers; if it has none, set kafka.enable_idempotence = false"
         )
     return None
 

@@ -22,19 +22,21 @@ async def connect(
     stop: asyncio.Event,
     unreachable: tuple[type[Exception], ...],
     backoff: Backoff,
+    release: Callable[[T], Awaitable[None]],
     on_unreachable: Callable[[Exception], None] | None = None,
 ) -> T | None:
     """``attempt()`` until it returns; ``None`` once ``stop`` is set.
 
     ``attempt`` makes and starts fresh clients and stops them itself when it fails or is
-    cancelled. Exceptions of the ``unreachable`` classes are retried (logged as one warning
-    per attempt); anything else ends the connecting. A stop cancels an attempt under way:
-    a broker that takes its time must not hold the exit.
+    cancelled; ``release`` stops what an attempt started when the caller is cancelled just
+    as it finished. Exceptions of the ``unreachable`` classes are retried (logged as one
+    warning per attempt); anything else ends the connecting. A stop cancels an attempt
+    under way: a broker that takes its time must not hold the exit.
     """
     tries = 0
     while not stop.is_set():
         try:
-            started = await _unless_stopped(attempt(), stop)
+            started = await _unless_stopped(attempt(), stop, release)
         except unreachable as exc:
             wait = backoff.delay(tries)
             tries += 1
@@ -55,11 +57,17 @@ async def connect(
     return None
 
 
-async def _unless_stopped(attempt: Awaitable[T], stop: asyncio.Event) -> T | None:
+async def _unless_stopped(
+    attempt: Awaitable[T], stop: asyncio.Event, release: Callable[[T], Awaitable[None]]
+) -> T | None:
     task = asyncio.ensure_future(attempt)
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # we are cancelled: what the attempt started is nobody's
+        if task.done() and not task.cancelled() and task.exception() is None:
+            await release(task.result())
+        raise
     finally:
         stopping.cancel()
         if not task.done():

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
+from typing import Any, Literal
 
 from aiokafka import TopicPartition
 
@@ -43,10 +44,11 @@ class InFlight:
         """Partitions with tracked work, finished or not."""
         return list(self._progress)
 
-    async def slot_freed(self) -> None:
-        """Returns once a dispatched event finishes."""
+    def slot_freed(self) -> Coroutine[Any, Any, Literal[True]]:
+        """A wait that ends once a dispatched event finishes from now on (cleared here, not
+        when the wait first runs: a slot freed in between would be missed)."""
         self._slot_freed.clear()
-        await self._slot_freed.wait()
+        return self._slot_freed.wait()
 
     def start(
         self,

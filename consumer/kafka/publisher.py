@@ -45,6 +45,7 @@ class Publisher:
         # When each publish under way started (oldest first): the idempotent producer
         # retries a silent broker by itself, so a stalled publish raises nothing.
         self._publishing: dict[object, float] = {}
+        self._stalled = False
         self._dlq_topic = dlq_topic
         self._spans = spans
         self._metrics = metrics
@@ -74,17 +75,21 @@ class Publisher:
                 metrics.dlq_records.add(1, metrics.category_attributes(o.dlq_category))
 
     def report_stall(self) -> None:
-        """Say so when the oldest publish under way has waited a request timeout for the
-        broker's acknowledgement."""
-        if not self._publishing:
-            return
-        waited = time.monotonic() - next(iter(self._publishing.values()))
-        if waited >= self._request_timeout:
-            self._trouble.failed(
+        """One warning when the oldest publish under way has waited a request timeout for
+        the broker's acknowledgement, one info line once none has (other partitions'
+        acknowledgements say nothing of a stalled one's)."""
+        oldest = next(iter(self._publishing.values()), None)
+        waited = 0.0 if oldest is None else time.monotonic() - oldest
+        if waited >= self._request_timeout and not self._stalled:
+            self._stalled = True
+            log.warning(
                 "kafka broker not acknowledging results, waiting; their offsets stay"
                 " uncommitted until it does",
-                waited_seconds=round(waited, 1),
+                extra={"waited_seconds": round(waited, 1)},
             )
+        elif waited < self._request_timeout and self._stalled:
+            self._stalled = False
+            log.info("kafka broker acknowledging results again")
 
     async def _send_all(
         self, outgoing: list[Outgoing], span: trace.Span, sending: Sending

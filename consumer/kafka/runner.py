@@ -48,6 +48,8 @@ BROKER_BACKOFF = Backoff((1.0, 2.0, 5.0, 10.0))
 # On shutdown, after the grace period: how long the final commit, leaving the group and
 # flushing the producer may wait, together, for a broker that does not answer.
 _CLOSE_SECONDS = 2.0
+# Closing sockets without a goodbye takes no broker: a short floor once the budget is spent.
+_MIN_CLOSE_SECONDS = 0.2
 _POLL_MS = 200
 _SLOT_WAIT_SECONDS = 0.5
 
@@ -110,6 +112,7 @@ class Runner:
             stop=stop,
             unreachable=(KafkaConnectionError,),
             backoff=BROKER_BACKOFF,
+            release=_release,
         )
         if connection is None:
             return
@@ -156,16 +159,15 @@ class Runner:
             ),
         )
         listener = _DrainOnRevoke(lambda revoked: self._drain(connection, revoked), self._health)
-        consumer.subscribe([self._kafka.input_topic], listener=listener)
         try:
+            consumer.subscribe([self._kafka.input_topic], listener=listener)
             # A refused login, certificate or idempotent producer ends the run with one
             # line (ConfigError).
             await check_security(self._kafka)
             await _start(producer, producer_refusal, self._kafka)
             await _start(consumer, consumer_refusal, self._kafka)
         except BaseException:
-            await producer.stop()
-            await consumer.stop()
+            await _release(connection)
             raise
         self._health.broker_answered()
         return connection
@@ -243,8 +245,10 @@ class Runner:
             )
         consumer = connection.consumer
         log.info("partitions released", extra={"partitions": _names(consumer.assignment())})
-        await _close(consumer, closing, "leaving the consumer group")
-        await _close(connection.producer, closing, "flushing the producer")
+        try:
+            await _close(consumer, closing, "leaving the consumer group")
+        finally:
+            await _close(connection.producer, closing, "flushing the producer")
         committer.abandon()
         log.info("stopped")
 
@@ -288,6 +292,15 @@ def _names(partitions: Iterable[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}-{tp.partition}" for tp in partitions)
 
 
+async def _release(connection: _Connection) -> None:
+    """Close the clients of a start that failed or was abandoned, within the close budget."""
+    closing = time.monotonic() + _CLOSE_SECONDS
+    try:
+        await _close(connection.producer, closing, "closing the producer")
+    finally:
+        await _close(connection.consumer, closing, "closing the consumer")
+
+
 async def _close(client: KafkaConsumer | KafkaProducer, deadline: float, what: str) -> None:
     """Stop ``client`` until ``deadline`` (a ``time.monotonic()``); past it, drop its
     connections without the goodbye (leaving the group, flushing) the broker does not
@@ -299,11 +312,12 @@ async def _close(client: KafkaConsumer | KafkaProducer, deadline: float, what: s
     except TimeoutError:
         log.warning(f"{what} timed out; the kafka broker is not answering")
     # aiokafka offers no public way to close without that goodbye; its network client's
-    # close() shuts the sockets at once. Left open, each would warn "Unclosed" at exit.
-    network = getattr(client, "_client", None)
+    # close() shuts the sockets at once (``_client`` of a consumer, ``client`` of a
+    # producer). Left open, each would warn "Unclosed" at exit.
+    network = getattr(client, "_client", None) or getattr(client, "client", None)
     if network is not None:
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(_CLOSE_SECONDS):
+            async with asyncio.timeout(max(_MIN_CLOSE_SECONDS, deadline - time.monotonic())):
                 await network.close()
 
 

