@@ -180,6 +180,18 @@ class Acl:
     def principal(self) -> str:
         return f"User:{self.user}"
 
+    def wire_fields(self) -> dict[str, Any]:
+        """The binding as the CreateAcls and DescribeAcls requests name its parts."""
+        return {
+            "resource_type": self.resource,
+            "resource_name": self.name,
+            "resource_pattern_type_filter": self.pattern,
+            "principal": self.principal,
+            "host": self.host,
+            "operation": self.operation,
+            "permission_type": self.permission,
+        }
+
     def __str__(self) -> str:
         what = "prefix" if self.pattern is Pattern.PREFIXED else "name"
         return (
@@ -293,17 +305,7 @@ class SecureKafkaNode(KafkaNode):
         conn = await create_conn(HOST, self.port, client_id="test-kafka-acls")
         try:
             for acl in wanted:
-                response = await conn.send(
-                    CreateAclsRequest(
-                        resource_type=acl.resource,
-                        resource_name=acl.name,
-                        resource_pattern_type_filter=acl.pattern,
-                        principal=acl.principal,
-                        host=acl.host,
-                        operation=acl.operation,
-                        permission_type=acl.permission,
-                    )
-                )
+                response = await conn.send(CreateAclsRequest(**acl.wire_fields()))
                 for result in response.creation_responses:
                     code, message = int(result[0]), result[1]
                     if code:
@@ -320,17 +322,7 @@ class SecureKafkaNode(KafkaNode):
             conn.close()
 
     async def _has(self, conn: Any, acl: Acl) -> bool:
-        response = await conn.send(
-            DescribeAclsRequest(
-                resource_type=acl.resource,
-                resource_name=acl.name,
-                resource_pattern_type_filter=acl.pattern,
-                principal=acl.principal,
-                host=acl.host,
-                operation=acl.operation,
-                permission_type=acl.permission,
-            )
-        )
+        response = await conn.send(DescribeAclsRequest(**acl.wire_fields()))
         if response.error_code:
             raise RuntimeError(f"DescribeAcls {acl}: {for_code(response.error_code).__name__}")
         return bool(response.resources)
