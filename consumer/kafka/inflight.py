@@ -56,17 +56,18 @@ class InFlight:
         offset: int,
         key: str,
         job: Job,
-        assigned: Collection[TopicPartition],
+        assigned: Callable[[], Collection[TopicPartition]],
     ) -> bool:
         """Run ``job`` after the earlier jobs of ``key``; whether it was started (not for a
-        partition being drained or no longer ``assigned``)."""
+        partition being drained or no longer among the ``assigned()`` ones, asked only for a
+        partition not yet tracked)."""
         if tp in self._draining:
             # Being handed over: work started now would escape the drain. Whoever owns the
             # partition next (maybe us again) reads it from the committed offset.
             return False
         progress = self._progress.get(tp)
         if progress is None:
-            if tp not in assigned:
+            if tp not in assigned():
                 return False  # revoked meanwhile: the new owner reads it from the commit
             progress = self._progress[tp] = PartitionProgress()
         try:

@@ -208,7 +208,7 @@ class Runner:
             record.offset,
             key,
             lambda: handle(tp, record, parsed),
-            connection.consumer.assignment(),
+            connection.consumer.assignment,
         ):
             metrics = self._metrics
             metrics.consumed.add(
