@@ -196,7 +196,7 @@ class KafkaPublisher:
             stop=asyncio.Event(),
             unreachable=(KafkaError, OSError),  # OSError: DNS, TLS
             backoff=_CONNECT_BACKOFF,
-            release=_stop_producer,
+            release=AIOKafkaProducer.stop,
             on_unreachable=self._unreachable,
         )
         assert producer is not None
@@ -232,10 +232,6 @@ class KafkaPublisher:
                 if not self._reachable:
                     log.info("kafka broker reachable again")
                 self._reachable, self._reason = True, "ok"
-
-
-async def _stop_producer(producer: AIOKafkaProducer) -> None:
-    await producer.stop()
 
 
 def classify(exc: KafkaError) -> PublishError | RecordRejected:
