@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,26 @@ class Refused(Exception):
 
 async def nothing_to_release(started: object) -> None:
     raise AssertionError(f"{started} was released although the caller took it")
+
+
+def connect_to_test_broker(
+    attempt: Callable[[], Awaitable[str]],
+    *,
+    stop: asyncio.Event | None = None,
+    backoff: Backoff = FAST,
+    release: Callable[[str], Awaitable[None]] = nothing_to_release,
+    on_unreachable: Callable[[Exception], None] | None = None,
+) -> Coroutine[Any, Any, str | None]:
+    """``connect`` to a broker at b:9092 whose ``Unreachable`` is retried."""
+    return connect(
+        attempt,
+        bootstrap_servers="b:9092",
+        stop=stop or asyncio.Event(),
+        unreachable=(Unreachable,),
+        backoff=backoff,
+        release=release,
+        on_unreachable=on_unreachable,
+    )
 
 
 async def test_backoff_repeats_its_last_step() -> None:
@@ -44,15 +66,7 @@ async def test_unreachable_attempts_are_retried_until_one_succeeds() -> None:
             raise Unreachable("no route")
         return "clients"
 
-    started = await connect(
-        attempt,
-        bootstrap_servers="b:9092",
-        stop=asyncio.Event(),
-        unreachable=(Unreachable,),
-        backoff=FAST,
-        release=nothing_to_release,
-        on_unreachable=seen.append,
-    )
+    started = await connect_to_test_broker(attempt, on_unreachable=seen.append)
     assert started == "clients"
     assert len(tries) == 3
     assert [str(e) for e in seen] == ["no route", "no route"]
@@ -63,14 +77,7 @@ async def test_a_refusal_is_raised_at_once() -> None:
         raise Refused("bad password")
 
     with pytest.raises(Refused):
-        await connect(
-            attempt,
-            bootstrap_servers="b:9092",
-            stop=asyncio.Event(),
-            unreachable=(Unreachable,),
-            backoff=FAST,
-            release=nothing_to_release,
-        )
+        await connect_to_test_broker(attempt)
 
 
 async def test_a_stop_cancels_an_attempt_under_way() -> None:
@@ -87,16 +94,7 @@ async def test_a_stop_cancels_an_attempt_under_way() -> None:
             raise
         raise AssertionError("unreachable")
 
-    connecting = asyncio.create_task(
-        connect(
-            attempt,
-            bootstrap_servers="b:9092",
-            stop=stop,
-            unreachable=(Unreachable,),
-            backoff=FAST,
-            release=nothing_to_release,
-        )
-    )
+    connecting = asyncio.create_task(connect_to_test_broker(attempt, stop=stop))
     await asyncio.wait_for(attempting.wait(), timeout=2)
     stop.set()
     assert await asyncio.wait_for(connecting, timeout=2) is None
@@ -111,13 +109,10 @@ async def test_a_stop_ends_the_wait_between_attempts() -> None:
         raise Unreachable("no route")
 
     result = await asyncio.wait_for(
-        connect(
+        connect_to_test_broker(
             attempt,
-            bootstrap_servers="b:9092",
             stop=stop,
-            unreachable=(Unreachable,),
             backoff=Backoff((3600.0,)),
-            release=nothing_to_release,
         ),
         timeout=2,
     )
@@ -135,16 +130,7 @@ async def test_what_an_attempt_started_is_released_when_the_caller_is_cancelled(
     async def release(started: object) -> None:
         released.append(str(started))
 
-    connecting = asyncio.create_task(
-        connect(
-            attempt,
-            bootstrap_servers="b:9092",
-            stop=asyncio.Event(),
-            unreachable=(Unreachable,),
-            backoff=FAST,
-            release=release,
-        )
-    )
+    connecting = asyncio.create_task(connect_to_test_broker(attempt, release=release))
     await finished.wait()  # the attempt is done; the connecting task has not resumed yet
     connecting.cancel()
     with pytest.raises(asyncio.CancelledError):
