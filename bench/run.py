@@ -50,7 +50,7 @@ OFFERED_RATE = 1000.0
 FETCH_MAX_WAIT_MS = 500
 RESULTS_FILE = "bench-results.json"
 
-# Targets of issue 5 on a 2-core machine.
+# The performance targets on a 2-core machine.
 TARGET_EVENTS_PER_S = {"latency-0ms": 2000.0, "latency-50ms": 1500.0}
 TARGET_SPEEDUP = {"latency-50ms": 50.0}
 TARGET_P99_OVERHEAD_MS = 25.0
