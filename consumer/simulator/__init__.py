@@ -20,11 +20,24 @@ Admin, loopback clients only::
 
     POST /_admin/faults    {"provider", "shipment_id", "fault"}   (grammar: faults.py)
     PUT  /_admin/latency   {"latency_ms"}
+    PUT  /_admin/accounts/{provider}   any of {"rate_limit_per_minute", "latency_ms",
+                                       "down_seconds", "down_mode"}   (accounts.py)
+    GET  /_admin/accounts/{provider}   GET /_admin/calls?provider=
     GET  /_admin/stats     GET /_admin/requests?limit=N     POST /_admin/reset
 """
 
+from consumer.simulator.accounts import AccountMode
 from consumer.simulator.faults import FaultSpec, parse_fault
 from consumer.simulator.options import SimulatorOptions
+from consumer.simulator.recorder import ProviderCall
 from consumer.simulator.server import Simulator, serve_forever
 
-__all__ = ["FaultSpec", "Simulator", "SimulatorOptions", "parse_fault", "serve_forever"]
+__all__ = [
+    "AccountMode",
+    "FaultSpec",
+    "ProviderCall",
+    "Simulator",
+    "SimulatorOptions",
+    "parse_fault",
+    "serve_forever",
+]

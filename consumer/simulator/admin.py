@@ -1,4 +1,4 @@
-"""``/_admin``: steer the simulator (faults, latency, reset) and look at what it saw.
+"""``/_admin``: steer the simulator (faults, latency, accounts, reset) and look at what it saw.
 
 No auth, but only loopback clients are served, even when the simulator listens wider.
 """
@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from consumer.simulator.accounts import parse_change
 from consumer.simulator.context import SimulatorContext
 from consumer.simulator.faults import parse_fault
 from consumer.simulator.recorder import PROVIDERS
@@ -45,6 +46,10 @@ async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
     return body
 
 
+def _unknown_provider(provider: str) -> web.Response:
+    return admin_error(404, f"unknown provider {provider!r}; expected one of {list(PROVIDERS)}")
+
+
 class AdminApi:
     def __init__(self, ctx: SimulatorContext) -> None:
         self._ctx = ctx
@@ -53,6 +58,9 @@ class AdminApi:
         return [
             web.post(f"{PREFIX}/faults", self.set_fault),
             web.put(f"{PREFIX}/latency", self.set_latency),
+            web.put(f"{PREFIX}/accounts/{{provider}}", self.set_account),
+            web.get(f"{PREFIX}/accounts/{{provider}}", self.account, allow_head=False),
+            web.get(f"{PREFIX}/calls", self.calls, allow_head=False),
             web.get(f"{PREFIX}/stats", self.stats, allow_head=False),
             web.get(f"{PREFIX}/requests", self.requests, allow_head=False),
             web.post(f"{PREFIX}/reset", self.reset),
@@ -89,6 +97,35 @@ class AdminApi:
             return admin_error(400, "latency_ms must be a number >= 0")
         self._ctx.latency_ms = float(latency)
         return json_response({"latency_ms": self._ctx.latency_ms})
+
+    def _account_json(self, provider: str) -> dict[str, Any]:
+        return {"provider": provider, **self._ctx.account_mode(provider).to_json()}
+
+    async def set_account(self, request: web.Request) -> web.Response:
+        provider = request.match_info["provider"]
+        if provider not in PROVIDERS:
+            return _unknown_provider(provider)
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            change = parse_change(body)
+        except ValueError as exc:
+            return admin_error(400, str(exc))
+        self._ctx.account(provider).change(change)
+        return json_response(self._account_json(provider))
+
+    async def account(self, request: web.Request) -> web.Response:
+        provider = request.match_info["provider"]
+        if provider not in PROVIDERS:
+            return _unknown_provider(provider)
+        return json_response(self._account_json(provider))
+
+    async def calls(self, request: web.Request) -> web.Response:
+        provider = request.query.get("provider")
+        if provider is not None and provider not in PROVIDERS:
+            return admin_error(400, f"provider must be one of {list(PROVIDERS)}")
+        return json_response({"calls": self._ctx.recorder.call_log.to_json(provider)})
 
     async def stats(self, request: web.Request) -> web.Response:
         return json_response(self._ctx.recorder.stats())

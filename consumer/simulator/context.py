@@ -3,30 +3,64 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
+from consumer.simulator.accounts import (
+    KEEP,
+    AccountChange,
+    AccountMode,
+    DownMode,
+    Keep,
+    ProviderAccount,
+)
 from consumer.simulator.faults import FaultSpec
 from consumer.simulator.options import SimulatorOptions
-from consumer.simulator.ratelimit import FixedWindowLimiter
-from consumer.simulator.recorder import Recorder
+from consumer.simulator.recorder import PROVIDERS, Recorder
 from consumer.simulator.shipments import MvmntStore, ShipStationStore
 from consumer.simulator.tokens import TokenStore
 
 
 class SimulatorContext:
-    def __init__(self, options: SimulatorOptions) -> None:
+    def __init__(self, options: SimulatorOptions, clock: Callable[[], float] = time.time) -> None:
         self.options = options
+        # Unix time for the call log, rate limits and outages; tests inject a fake one.
+        self.clock = clock
         self.latency_ms = options.latency_ms
         self.shipstation = ShipStationStore()
         self.mvmnt = MvmntStore()
         self.tokens = TokenStore(options.mvmnt_token_ttl_seconds, options.mvmnt_static_token)
         self.recorder = Recorder(options.request_log_size)
-        self.shipstation_limiter = _limiter(options.rate_limit_per_minute)
-        self.mvmnt_limiter = _limiter(options.rate_limit_per_minute)
+        self.accounts = {
+            name: ProviderAccount(options.rate_limit_per_minute, clock) for name in PROVIDERS
+        }
         # Set by stop() so hanging handlers return and shutdown does not wait for them.
         self.stopping = asyncio.Event()
 
-    async def pause(self, fault: FaultSpec) -> None:
-        delay_ms = self.latency_ms + fault.slow_ms
+    def account(self, provider: str) -> ProviderAccount:
+        account = self.accounts.get(provider)
+        if account is None:
+            raise ValueError(f"unknown provider {provider!r}; expected one of {PROVIDERS}")
+        return account
+
+    def set_account_mode(
+        self,
+        provider: str,
+        *,
+        rate_limit_per_minute: int | Keep | None = KEEP,
+        latency_ms: float | None = None,
+        down_seconds: float | None = None,
+        down_mode: DownMode | None = None,
+    ) -> AccountMode:
+        """What ``PUT /_admin/accounts/{provider}`` does; a setting left out stays as it is."""
+        change = AccountChange(rate_limit_per_minute, latency_ms, down_seconds, down_mode)
+        return self.account(provider).change(change)
+
+    def account_mode(self, provider: str) -> AccountMode:
+        return self.account(provider).mode()
+
+    async def pause(self, provider: str, fault: FaultSpec) -> None:
+        delay_ms = self.latency_ms + self.accounts[provider].latency_ms + fault.slow_ms
         if delay_ms > 0:
             await asyncio.sleep(delay_ms / 1000)
 
@@ -40,10 +74,5 @@ class SimulatorContext:
         self.shipstation.reset()
         self.mvmnt.reset()
         self.recorder.reset()
-        for limiter in (self.shipstation_limiter, self.mvmnt_limiter):
-            if limiter is not None:
-                limiter.reset()
-
-
-def _limiter(per_minute: int | None) -> FixedWindowLimiter | None:
-    return FixedWindowLimiter(per_minute) if per_minute is not None else None
+        for account in self.accounts.values():
+            account.reset()

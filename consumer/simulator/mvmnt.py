@@ -57,6 +57,7 @@ class MvmntApi:
     def __init__(self, ctx: SimulatorContext) -> None:
         self._ctx = ctx
         self._store = ctx.mvmnt
+        self._account = ctx.account("mvmnt")
         self._tokens = ctx.tokens
         self._client_id = ctx.options.mvmnt_client_id
         self._client_secret = ctx.options.mvmnt_client_secret
@@ -98,8 +99,11 @@ class MvmntApi:
         return scheme.lower() == "bearer" and bool(token) and self._tokens.is_valid(token)
 
     async def _admit(self, request: web.Request, fault: FaultSpec) -> web.Response | None:
-        """Latency, Bearer token, rate limit and hang: before the endpoint's logic."""
-        await self._ctx.pause(fault)
+        """Bearer token, rate limit, latency and hang: before the endpoint's logic.
+
+        The limit counts a call when it arrives, as the call log times it, so a 429 or a
+        401 comes without the latency.
+        """
         if not self._authorized(request):
             return mvmnt_error(
                 401,
@@ -107,9 +111,9 @@ class MvmntApi:
                 "Invalid or expired access token",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-        limiter = self._ctx.mvmnt_limiter
-        if limiter is not None and (refusal := limiter.acquire()) is not None:
+        if (refusal := self._account.acquire()) is not None:
             return rate_limited(refusal.limit, refusal.retry_after_seconds, refusal.reset_at)
+        await self._ctx.pause("mvmnt", fault)
         if fault.hang:
             await self._ctx.hang()
             return unavailable()

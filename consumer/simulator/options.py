@@ -16,9 +16,11 @@ class SimulatorOptions:
     mvmnt_token_ttl_seconds: int = 3600
     # Accepted as a Bearer token without going through /oauth2/token (MVMNT's static tokens).
     mvmnt_static_token: str | None = None
-    # Added to every provider call, not to admin or token requests.
+    # Added to every provider call, not to admin or token requests (also per provider:
+    # PUT /_admin/accounts/{provider}).
     latency_ms: float = 0.0
-    # One fixed one-minute window per provider; None disables the limiter.
+    # Per provider, at most this many calls in any 60 s (a sliding window); None: no limit.
+    # PUT /_admin/accounts/{provider} changes it at run time, /_admin/reset brings it back.
     rate_limit_per_minute: int | None = None
     # How many recent requests GET /_admin/requests can show.
     request_log_size: int = 1000

@@ -1,4 +1,5 @@
-"""What the simulator saw: counters for /_admin/stats and a ring buffer of recent requests.
+"""What the simulator saw: counters for /_admin/stats, a ring buffer of recent requests and
+the log of every provider call for /_admin/calls.
 
 Records keep raw bytes and decode only when someone reads them, so recording stays cheap
 under load. Header values are never kept (they hold credentials), only header names; form
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
 import orjson
@@ -72,9 +73,58 @@ class RequestRecord:
         return entry
 
 
+class ProviderCall(NamedTuple):
+    at: float
+    provider: str
+    method: str
+    path: str
+    # None for a call never answered: refused, hanging, or given up by the client.
+    status: int | None
+
+
+# Plain tuples in the log: a tuple of atomic values drops out of the garbage collector's
+# tracking, a NamedTuple instance does not, and the log has no bound.
+_Call = tuple[float, str, str, str, int | None]
+
+
+class CallSlot(NamedTuple):
+    log: list[_Call]
+    position: int
+
+
+class CallLog:
+    """Every provider call, admin requests not included, in the order they arrived."""
+
+    def __init__(self) -> None:
+        self._calls: list[_Call] = []
+
+    def begin(self, at: float, provider: str, method: str, path: str) -> CallSlot:
+        self._calls.append((at, provider, method, path, None))
+        return CallSlot(self._calls, len(self._calls) - 1)
+
+    def answered(self, slot: CallSlot, status: int) -> None:
+        at, provider, method, path, _ = slot.log[slot.position]
+        slot.log[slot.position] = (at, provider, method, path, status)
+
+    def calls(self, provider: str | None = None) -> list[ProviderCall]:
+        return [ProviderCall(*call) for call in self._calls if provider in (None, call[1])]
+
+    def to_json(self, provider: str | None = None) -> list[dict[str, Any]]:
+        return [
+            {"at": at, "provider": name, "method": method, "path": path, "status": status}
+            for at, name, method, path, status in self._calls
+            if provider in (None, name)
+        ]
+
+    def reset(self) -> None:
+        # A new list: calls still in flight answer into the old one, which nobody reads.
+        self._calls = []
+
+
 class Recorder:
     def __init__(self, log_size: int) -> None:
         self._log: deque[RequestRecord] = deque(maxlen=log_size)
+        self.call_log = CallLog()
         self.requests_total = 0
         self.token_requests = 0
         # Requests being handled now, including hanging ones; 0 again once clients give up.
@@ -120,6 +170,7 @@ class Recorder:
 
     def reset(self) -> None:
         self._log.clear()
+        self.call_log.reset()
         self.requests_total = 0
         self.token_requests = 0
         self._status_counts.clear()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -13,12 +14,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from consumer.runtime.gc_schedule import clocked_collections
+from consumer.simulator.accounts import KEEP, AccountMode, DownMode, Keep
 from consumer.simulator.admin import PREFIX as ADMIN_PREFIX
 from consumer.simulator.admin import AdminApi, admin_error, is_loopback
 from consumer.simulator.context import SimulatorContext
 from consumer.simulator.mvmnt import MvmntApi
+from consumer.simulator.mvmnt import unavailable as mvmnt_unavailable
 from consumer.simulator.options import DEFAULT_OPTIONS, SimulatorOptions
-from consumer.simulator.recorder import RequestRecord
+from consumer.simulator.recorder import ProviderCall, RequestRecord
 from consumer.simulator.responses import (
     REQUEST_ID,
     empty_response,
@@ -28,6 +31,7 @@ from consumer.simulator.responses import (
     shipstation_error,
 )
 from consumer.simulator.shipstation import ShipStationApi
+from consumer.simulator.shipstation import unavailable as shipstation_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +70,24 @@ def _internal_error(provider: str | None) -> web.Response:
     return json_response({"error": "internal error"}, 500)
 
 
+async def _outage(
+    ctx: SimulatorContext, request: web.Request, provider: str, mode: DownMode
+) -> web.Response:
+    """A call to a provider that is down: its 503, or a connection dropped unanswered."""
+    if mode == "unavailable":
+        return shipstation_unavailable() if provider == "shipstation" else mvmnt_unavailable()
+    if request.transport is not None:
+        request.transport.abort()
+    # The lost connection cancels this handler (the runner has handler_cancellation), so
+    # nothing is written; until then, or if the client left first, wait like a hang.
+    await ctx.hang()
+    return empty_response(503)
+
+
 def _middleware(ctx: SimulatorContext) -> Middleware:
     recorder = ctx.recorder
+    call_log = recorder.call_log
+    clock = ctx.clock
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -78,7 +98,7 @@ def _middleware(ctx: SimulatorContext) -> Middleware:
         request[REQUEST_ID] = rid
         headers = request.headers
         record = RequestRecord(
-            at=time.time(),
+            at=clock(),
             request_id=rid,
             method=request.method,
             path=path,
@@ -89,9 +109,17 @@ def _middleware(ctx: SimulatorContext) -> Middleware:
         )
         recorder.begin(record)
         provider = _provider_of(path)
+        call = None
+        if provider is not None:
+            call = call_log.begin(record.at, provider, record.method, path)
         try:
             record.keep_body(await request.read())
-            response: web.StreamResponse = await handler(request)
+            outage = ctx.accounts[provider].outage() if provider is not None else None
+            response: web.StreamResponse
+            if provider is not None and outage is not None:
+                response = await _outage(ctx, request, provider, outage)
+            else:
+                response = await handler(request)
         except web.HTTPException as exc:
             response = _http_error(provider, rid, exc)
         except Exception:
@@ -101,6 +129,8 @@ def _middleware(ctx: SimulatorContext) -> Middleware:
             recorder.end()
         response.headers["X-Request-Id"] = rid
         recorder.answered(record, response.status)
+        if call is not None:
+            call_log.answered(call, response.status)
         return response
 
     return middleware
@@ -139,9 +169,15 @@ def _url_host(host: str) -> str:
 class Simulator:
     """Both providers' APIs plus ``/_admin`` on one loopback port."""
 
-    def __init__(self, options: SimulatorOptions = DEFAULT_OPTIONS) -> None:
+    def __init__(
+        self,
+        options: SimulatorOptions = DEFAULT_OPTIONS,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``clock`` (unix time) drives the call log, rate limits and outages."""
         self._options = options
-        self._ctx = SimulatorContext(options)
+        self._ctx = SimulatorContext(options, clock)
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -232,7 +268,10 @@ class Simulator:
         return f"{self.base_url}{ADMIN_PREFIX}"
 
     def calls(self, provider: str, shipment_id: str) -> int:
-        """Cancel calls received for the shipment, answered or not, faulted or not."""
+        """Cancel calls received for the shipment, answered or not, faulted or not.
+
+        A call made while the provider is down never reaches it: ``provider_calls`` has those.
+        """
         return self._ctx.recorder.calls(provider, shipment_id)
 
     def stats(self) -> dict[str, Any]:
@@ -243,6 +282,34 @@ class Simulator:
         return self._ctx.recorder.recent(
             limit if limit is not None else self._options.request_log_size
         )
+
+    def provider_calls(self, provider: str | None = None) -> list[ProviderCall]:
+        """Every provider call in arrival order, or those to ``provider`` (/_admin/calls)."""
+        return self._ctx.recorder.call_log.calls(provider)
+
+    def set_account_mode(
+        self,
+        provider: str,
+        *,
+        rate_limit_per_minute: int | Keep | None = KEEP,
+        latency_ms: float | None = None,
+        down_seconds: float | None = None,
+        down_mode: DownMode | None = None,
+    ) -> AccountMode:
+        """``PUT /_admin/accounts/{provider}`` in-process; ``ValueError`` on a bad value.
+
+        A setting left out stays as it is; ``rate_limit_per_minute=None`` removes the limit.
+        """
+        return self._ctx.set_account_mode(
+            provider,
+            rate_limit_per_minute=rate_limit_per_minute,
+            latency_ms=latency_ms,
+            down_seconds=down_seconds,
+            down_mode=down_mode,
+        )
+
+    def account_mode(self, provider: str) -> AccountMode:
+        return self._ctx.account_mode(provider)
 
 
 async def serve_forever(options: SimulatorOptions) -> None:

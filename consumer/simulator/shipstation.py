@@ -30,6 +30,11 @@ def rate_limited(rid: str, retry_after_seconds: int) -> web.Response:
     )
 
 
+def unavailable() -> web.Response:
+    # ShipStation's ServerError has an empty body.
+    return empty_response(503)
+
+
 def not_found(rid: str, field_name: str, value: str) -> web.Response:
     return shipstation_error(
         rid,
@@ -58,6 +63,7 @@ class ShipStationApi:
     def __init__(self, ctx: SimulatorContext) -> None:
         self._ctx = ctx
         self._store = ctx.shipstation
+        self._account = ctx.account("shipstation")
         self._api_key = ctx.options.shipstation_api_key
 
     def routes(self) -> list[web.RouteDef]:
@@ -69,8 +75,11 @@ class ShipStationApi:
         ]
 
     async def _admit(self, request: web.Request, fault: FaultSpec) -> web.Response | None:
-        """Latency, API key, rate limit and hang: what happens before the endpoint's logic."""
-        await self._ctx.pause(fault)
+        """API key, rate limit, latency and hang: what happens before the endpoint's logic.
+
+        The limit counts a call when it arrives, as the call log times it, so a 429 or a
+        401 comes without the latency.
+        """
         rid = request_id(request)
         if request.headers.get("API-Key") != self._api_key:
             return shipstation_error(
@@ -80,12 +89,12 @@ class ShipStationApi:
                 "unauthorized",
                 "The API key is invalid. Send a valid key in the API-Key header.",
             )
-        limiter = self._ctx.shipstation_limiter
-        if limiter is not None and (refusal := limiter.acquire()) is not None:
+        if (refusal := self._account.acquire()) is not None:
             return rate_limited(rid, refusal.retry_after_seconds)
+        await self._ctx.pause("shipstation", fault)
         if fault.hang:
             await self._ctx.hang()
-            return empty_response(503)
+            return unavailable()
         return None
 
     async def _refuse_body(self, request: web.Request) -> web.Response | None:
@@ -115,7 +124,7 @@ class ShipStationApi:
         if shipment.budget.take_rate_limited():
             return rate_limited(rid, 1)
         if shipment.budget.take_failing():
-            return empty_response(503)
+            return unavailable()
         if fault.auth_fail:
             return shipstation_error(
                 rid,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -16,11 +17,12 @@ from .helpers import SHIPSTATION_AUTH, StartSimulator, mvmnt_token
 
 @pytest.fixture
 async def start_simulator() -> AsyncIterator[StartSimulator]:
-    """Start simulators with custom options; all are stopped after the test."""
+    """Start simulators with custom options (and clock); all are stopped after the test."""
     async with AsyncExitStack() as stack:
 
-        async def start(**options: Any) -> Simulator:
-            return await stack.enter_async_context(Simulator(SimulatorOptions(**options)))
+        async def start(clock: Callable[[], float] = time.time, **options: Any) -> Simulator:
+            simulator = Simulator(SimulatorOptions(**options), clock=clock)
+            return await stack.enter_async_context(simulator)
 
         yield start
 

@@ -26,3 +26,13 @@ async def mvmnt_token(http: httpx.AsyncClient, simulator: Simulator) -> str:
     assert response.status_code == 200
     token: str = response.json()["access_token"]
     return token
+
+
+class FakeClock:
+    """Unix time that moves only when a test moves it."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -1,4 +1,4 @@
-"""The pure parts: shipment stores, tokens, the rate-limit window."""
+"""The pure parts: shipment stores, tokens, the rate-limit window, the call log."""
 
 from __future__ import annotations
 
@@ -9,37 +9,86 @@ import orjson
 import pytest
 
 from consumer.simulator.faults import FaultSpec
-from consumer.simulator.ratelimit import FixedWindowLimiter
-from consumer.simulator.recorder import MAX_KEPT_BODY, Recorder, RequestRecord
+from consumer.simulator.ratelimit import SlidingWindowLimiter
+from consumer.simulator.recorder import (
+    MAX_KEPT_BODY,
+    CallLog,
+    ProviderCall,
+    Recorder,
+    RequestRecord,
+)
 from consumer.simulator.shipments import MvmntStore, ShipStationStore
 from consumer.simulator.tokens import TokenStore
 
-
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from .helpers import FakeClock
 
 
-def test_limiter_refuses_once_the_window_is_full_and_resets_with_the_next() -> None:
+def test_limiter_frees_a_slot_when_the_oldest_call_leaves_the_window() -> None:
     clock = FakeClock()
-    limiter = FixedWindowLimiter(2, window_seconds=60, clock=clock)
+    limiter = SlidingWindowLimiter(2, window_seconds=60, clock=clock)
     assert limiter.acquire() is None
+    clock.now += 10
     assert limiter.acquire() is None
-    clock.now += 15.5
+    clock.now += 5.5
     refusal = limiter.acquire()
     assert refusal is not None
+    # The first call leaves at +60: 44.5 s from now, rounded up.
     assert (refusal.limit, refusal.retry_after_seconds) == (2, 45)
     assert refusal.reset_at == 1_000_060
-    clock.now += 45
+    clock.now = 1_000_060
+    assert limiter.acquire() is None
+    # A fixed window would have started afresh here; the call at +10 still counts.
+    refusal = limiter.acquire()
+    assert refusal is not None
+    assert (refusal.retry_after_seconds, refusal.reset_at) == (10, 1_000_070)
+
+
+def test_limiter_refusals_do_not_count_and_retry_after_is_at_least_a_second() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(1, window_seconds=60, clock=clock)
+    assert limiter.acquire() is None
+    clock.now += 59.8
+    for _ in range(3):
+        refusal = limiter.acquire()
+        assert refusal is not None
+        assert refusal.retry_after_seconds == 1
+    clock.now += 0.2
+    assert limiter.acquire() is None
+
+
+def test_a_lowered_limit_still_counts_the_calls_of_the_last_minute() -> None:
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(3, window_seconds=60, clock=clock)
+    for _ in range(3):
+        assert limiter.acquire() is None
+        clock.now += 10
+    limiter.limit = 2
+    refusal = limiter.acquire()
+    assert refusal is not None
+    # Two of the three calls must leave: the second one does so at +70, 40 s from now.
+    assert refusal.retry_after_seconds == 40
+    limiter.reset()
     assert limiter.acquire() is None
 
 
 def test_limiter_rejects_a_limit_below_one() -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        FixedWindowLimiter(0)
+        SlidingWindowLimiter(0)
+
+
+def test_call_log_keeps_arrival_order_and_fills_in_the_status_when_answered() -> None:
+    log = CallLog()
+    first = log.begin(1.0, "shipstation", "PUT", "/shipstation/a")
+    second = log.begin(2.0, "mvmnt", "POST", "/mvmnt/b")
+    log.answered(second, 200)
+    assert log.calls() == [
+        ProviderCall(1.0, "shipstation", "PUT", "/shipstation/a", None),
+        ProviderCall(2.0, "mvmnt", "POST", "/mvmnt/b", 200),
+    ]
+    log.reset()
+    # A call still in flight at the reset does not come back into the new log.
+    log.answered(first, 204)
+    assert log.calls() == []
 
 
 def test_tokens_are_jwt_shaped_and_expire() -> None:
