@@ -8,12 +8,16 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from datetime import timedelta
 
 from opentelemetry.trace import Tracer
 
 from consumer.config import Settings
-from consumer.core.canceller import Canceller, ProviderAccount
+from consumer.core.accounts import ProviderAccount
+from consumer.core.breaker import CircuitBreaker
+from consumer.core.canceller import Canceller, ParkingPolicy
 from consumer.core.errors import ConfigError
+from consumer.core.pacing import Pace
 from consumer.core.retry import AccountGate, RetryPolicy
 from consumer.kafka.runner import Runner
 from consumer.kafka.seams import KafkaClients
@@ -24,7 +28,7 @@ from consumer.observability.telemetry import build_meter_provider, build_tracer_
 from consumer.observability.tracing import record_token_wait
 from consumer.providers import build_provider
 from consumer.providers.client import TransportClient, provider_transport
-from consumer.providers.ratelimit import rate_limited
+from consumer.providers.ratelimit import paced
 from consumer.runtime.gc_schedule import clocked_collections
 
 log = logging.getLogger(__name__)
@@ -40,16 +44,28 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
+def parking_policy(settings: Settings) -> ParkingPolicy:
+    retry = settings.processing.retry
+    return ParkingPolicy(
+        schedule_seconds=retry.schedule_seconds,
+        horizon=timedelta(hours=retry.horizon_hours),
+        park_after_wait_seconds=retry.park_after_wait_seconds,
+    )
+
+
 async def open_accounts(settings: Settings, stack: AsyncExitStack) -> dict[str, ProviderAccount]:
-    """One HTTP client, rate limit and concurrency cap per configured provider account."""
+    """One HTTP client, pace, concurrency cap and circuit breaker per provider account."""
     accounts = {}
+    breaker = settings.processing.breaker
     for name, account in settings.providers.items():
+        limit = account.rate_limit_per_minute
+        pace = Pace(limit) if limit is not None else None
         client = await stack.enter_async_context(
             TransportClient(
-                # Every request takes a token: cancels, confirming reads, token fetches.
-                rate_limited(
+                # Every request takes a slot: cancels, confirming reads, token fetches.
+                paced(
                     provider_transport(account.base_url, account.max_concurrency),
-                    account.rate_limit_per_minute,
+                    pace,
                     on_wait=record_token_wait,
                 )
             )
@@ -58,6 +74,8 @@ async def open_accounts(settings: Settings, stack: AsyncExitStack) -> dict[str, 
             name=name,
             provider=build_provider(name, account, client),
             gate=AccountGate(account.max_concurrency),
+            breaker=CircuitBreaker(name, breaker.failure_threshold, breaker.cooldown_seconds),
+            pace=pace,
         )
     return accounts
 
@@ -73,7 +91,11 @@ async def build_runner(
     """The runner over the configured accounts (opened on ``stack``); ``clients`` replaces
     aiokafka's clients (the in-process bench and tests)."""
     canceller = Canceller(
-        await open_accounts(settings, stack), retry_policy(settings), tracer=tracer, metrics=metrics
+        await open_accounts(settings, stack),
+        retry_policy(settings),
+        parking=parking_policy(settings),
+        tracer=tracer,
+        metrics=metrics,
     )
     return Runner(
         settings.kafka, settings.processing, canceller, tracer, metrics=metrics, clients=clients

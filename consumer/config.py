@@ -47,6 +47,8 @@ class KafkaSettings(_Frozen):
     cancelled_topic: str = "shipments.cancelled"
     failed_topic: str = "shipments.cancel-failed"
     dlq_topic: str = "orders.cancelled.dlq"
+    # Parked shipments wait here for their next attempt; as many partitions as the input.
+    retry_topic: str = "orders.cancelled.retry"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -92,12 +94,40 @@ class KafkaSettings(_Frozen):
 
 
 class RetrySettings(_Frozen):
-    # Attempts per shipment, the first included.
+    # In-memory attempts per shipment and round, the first included.
     max_attempts: int = Field(default=4, ge=1, le=20)
-    # Wall-clock budget per shipment cancel, retries and waits included.
+    # Wall-clock budget of one round of in-memory attempts; waiting for the account's own
+    # rate limit or concurrency cap does not count.
     budget_seconds: float = Field(default=30.0, gt=0)
     backoff_initial_seconds: float = Field(default=0.25, ge=0)
     backoff_max_seconds: float = Field(default=8.0, ge=0)
+    # A shipment still failing transiently after a round is parked in the retry topic: due
+    # after these delays, one per round, the last one repeating.
+    schedule_seconds: tuple[float, ...] = Field(
+        default=(30.0, 120.0, 600.0, 1800.0, 3600.0), min_length=1
+    )
+    # Only this long after its first park does a shipment end as cancel-failed.
+    horizon_hours: float = Field(default=24.0, gt=0)
+    # An account whose rate-limit queue is longer than this parks new shipments.
+    park_after_wait_seconds: float = Field(default=5.0, gt=0)
+    # Parked records read back and held in memory until due, all partitions together;
+    # past it the retry topic's partitions pause.
+    max_held: int = Field(default=10_000, ge=1, le=1_000_000)
+
+    @field_validator("schedule_seconds")
+    @classmethod
+    def _positive_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("every delay must be more than 0 seconds")
+        return value
+
+
+class BreakerSettings(_Frozen):
+    # Consecutive transient failures (5xx, timeouts, connection errors) of one account that
+    # open its circuit: no calls, new work parked.
+    failure_threshold: int = Field(default=5, ge=1, le=1000)
+    # How long an open circuit stays open before one probe call is let through.
+    cooldown_seconds: float = Field(default=30.0, gt=0)
 
 
 class ProcessingSettings(_Frozen):
@@ -108,6 +138,7 @@ class ProcessingSettings(_Frozen):
     # On SIGTERM or revocation, how long in-flight work may finish before we leave.
     drain_grace_seconds: float = Field(default=20.0, ge=0)
     retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
 
 
 class TelemetrySettings(_Frozen):
@@ -147,6 +178,9 @@ class TopicsSettings(_Frozen):
     results_retention_days: float = Field(default=14.0, gt=0)
     # Long enough to investigate and redrive after a holiday weekend.
     dlq_retention_days: float = Field(default=30.0, gt=0)
+    # Parked shipments: longer than processing.retry.horizon_hours, or a park is deleted
+    # before its last attempt.
+    retry_retention_days: float = Field(default=7.0, gt=0)
 
     @model_validator(mode="after")
     def _insync_within_replicas(self) -> TopicsSettings:
@@ -212,6 +246,15 @@ class Settings(_Frozen):
         if self.ingress.max_body_bytes > self.processing.max_event_bytes:
             # The processor would dead-letter every event the ingress accepted above it.
             raise ValueError("ingress.max_body_bytes must not exceed processing.max_event_bytes")
+        return self
+
+    @model_validator(mode="after")
+    def _parks_outlive_the_horizon(self) -> Settings:
+        if self.topics.retry_retention_days * 24 <= self.processing.retry.horizon_hours:
+            # The broker would delete a parked shipment before its last attempt.
+            raise ValueError(
+                "topics.retry_retention_days must be longer than processing.retry.horizon_hours"
+            )
         return self
 
 

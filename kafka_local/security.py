@@ -209,12 +209,15 @@ class Acl:
 
 
 def processor_acls(
-    user: str, *, group: str, input_topic: str, output_topics: Sequence[str]
+    user: str, *, group: str, input_topic: str, retry_topic: str, output_topics: Sequence[str]
 ) -> list[Acl]:
     """What the processor needs, and all it is given in the fault suite: Read and Describe
-    on its input topic, Read on its group, Write and Describe on its output topics,
-    IdempotentWrite on the cluster."""
+    on its input topic, Read, Write and Describe on its retry topic, Read on its group,
+    Write and Describe on its output topics, IdempotentWrite on the cluster."""
     acls = Acl.allow(user, Resource.TOPIC, input_topic, Operation.READ, Operation.DESCRIBE)
+    acls += Acl.allow(
+        user, Resource.TOPIC, retry_topic, Operation.READ, Operation.WRITE, Operation.DESCRIBE
+    )
     acls += Acl.allow(user, Resource.GROUP, group, Operation.READ)
     for topic in output_topics:
         acls += Acl.allow(user, Resource.TOPIC, topic, Operation.WRITE, Operation.DESCRIBE)

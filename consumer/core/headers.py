@@ -17,6 +17,9 @@ CONTENT_TYPE: Final = "content-type"
 EVENT_TYPE: Final = "event-type"
 SOURCE_EVENT_ID: Final = "source-event-id"
 
+# On every retry record: when the parked shipment is due (ISO 8601), for people and tools.
+RETRY_DUE_AT: Final = "retry-due-at"
+
 # On input records published by the webhook ingress: the sender's X-Cancel-Source name.
 INGRESS_SOURCE: Final = "ingress-source"
 

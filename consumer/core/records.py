@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from consumer.core import headers as h
 from consumer.core.events import ResultEvent, ShipmentCancelled, dump_event, utc_now
+from consumer.core.parking import ParkedShipment
 
 Headers = list[tuple[str, bytes]]
 _JSON = b"application/json"
@@ -17,6 +18,7 @@ class OutputTopics:
     cancelled: str
     failed: str
     dlq: str
+    retry: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,9 @@ class Outgoing:
     # What it counts as once acknowledged: a result event, or a DLQ copy of this category.
     result: ResultEvent | None = None
     dlq_category: str | None = None
+    # A parked shipment goes to the retry partition of its input partition's number.
+    partition: int | None = None
+    parked: ParkedShipment | None = None
 
     def with_headers_first(self, headers: Headers) -> Outgoing:
         # Built directly: dataclasses.replace costs several times more, once per record.
@@ -38,6 +43,8 @@ class Outgoing:
             [*headers, *self.headers],
             self.result,
             self.dlq_category,
+            self.partition,
+            self.parked,
         )
 
     def without_value(self) -> Outgoing:
@@ -49,6 +56,8 @@ class Outgoing:
             [*self.headers, (h.DLQ_VALUE_DROPPED, b"too-large")],
             self.result,
             self.dlq_category,
+            self.partition,
+            self.parked,
         )
 
 
@@ -98,3 +107,23 @@ def dead_letter_record(
             dlq_category=category,
         )
     return Outgoing(topics.dlq, source.key, source.value, headers, dlq_category=category)
+
+
+def retry_record(parked: ParkedShipment, topics: OutputTopics, partition: int) -> Outgoing:
+    """Keyed by order id, into retry partition ``partition``: the one of the same number as
+    the input partition, owned by the same member (``traceparent`` added when sent keeps the
+    shipment's later attempts in the event's trace)."""
+    headers = [
+        (h.CONTENT_TYPE, _JSON),
+        (h.EVENT_TYPE, parked.event_type.encode()),
+        (h.SOURCE_EVENT_ID, str(parked.event.event_id).encode()),
+        (h.RETRY_DUE_AT, parked.due_at.isoformat().encode()),
+    ]
+    return Outgoing(
+        topics.retry,
+        parked.event.order_id.encode(),
+        dump_event(parked),
+        headers,
+        partition=partition,
+        parked=parked,
+    )

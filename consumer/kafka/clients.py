@@ -13,6 +13,8 @@ from typing import Any, Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import AIOKafkaConnection
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
@@ -191,6 +193,11 @@ def aiokafka_clients(
         fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         fetch_max_bytes=kafka.fetch_max_bytes,
         request_timeout_ms=kafka.request_timeout_ms,
+        # The range assignor gives partition n of the input and of the retry topic (same
+        # partition count) to the same member: whoever handles an event also holds every
+        # park of its shipments. Round robin stays listed so that a rolling upgrade from a
+        # version that used only it can form a group.
+        partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
         **client_options(kafka),
     )
     producer = AIOKafkaProducer(

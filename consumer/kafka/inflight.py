@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiokafka import TopicPartition
@@ -16,6 +17,13 @@ from consumer.kafka.ordering import KeyOrderedScheduler
 log = logging.getLogger(__name__)
 
 Job = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A record tracked before it is started: the tracker it was counted in."""
+
+    progress: PartitionProgress
 
 
 class InFlight:
@@ -57,18 +65,52 @@ class InFlight:
         key: str,
         job: Job,
         assigned: Callable[[], Collection[TopicPartition]],
+        *,
+        held: Hold | None = None,
     ) -> bool:
         """Run ``job`` after the earlier jobs of ``key``; whether it was started (not for a
         partition being drained or no longer among the ``assigned()`` ones, asked only for a
-        partition not yet tracked)."""
+        partition not yet tracked). ``held``: what ``hold`` gave for this record."""
+        if held is not None:
+            progress = held.progress
+            if self._progress.get(tp) is not progress or tp in self._draining:
+                return False  # handed over meanwhile: the new owner reads it again
+        else:
+            found = self._track(tp, offset, assigned)
+            if found is None:
+                return False
+            progress = found
+        task = self._scheduler.submit(key, job)
+        self._tasks.setdefault(tp, set()).add(task)
+        self._count += 1
+        task.add_done_callback(lambda done: self._finished(tp, progress, offset, done))
+        return True
+
+    def hold(
+        self,
+        tp: TopicPartition,
+        offset: int,
+        assigned: Callable[[], Collection[TopicPartition]],
+    ) -> Hold | None:
+        """Track a record that is not started yet (a retry record not due): its partition
+        commits no further until it is started and finished. None as ``start`` refuses."""
+        progress = self._track(tp, offset, assigned)
+        return None if progress is None else Hold(progress)
+
+    def _track(
+        self,
+        tp: TopicPartition,
+        offset: int,
+        assigned: Callable[[], Collection[TopicPartition]],
+    ) -> PartitionProgress | None:
         if tp in self._draining:
             # Being handed over: work started now would escape the drain. Whoever owns the
             # partition next (maybe us again) reads it from the committed offset.
-            return False
+            return None
         progress = self._progress.get(tp)
         if progress is None:
             if tp not in assigned():
-                return False  # revoked meanwhile: the new owner reads it from the commit
+                return None  # revoked meanwhile: the new owner reads it from the commit
             progress = self._progress[tp] = PartitionProgress()
         try:
             progress.start(offset)
@@ -81,11 +123,7 @@ class InFlight:
             )
             progress = self._progress[tp] = PartitionProgress()
             progress.start(offset)
-        task = self._scheduler.submit(key, job)
-        self._tasks.setdefault(tp, set()).add(task)
-        self._count += 1
-        task.add_done_callback(lambda done: self._finished(tp, progress, offset, done))
-        return True
+        return progress
 
     def _finished(
         self,

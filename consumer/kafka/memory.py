@@ -47,7 +47,7 @@ class MemoryConsumer:
         self._assigned = set()
 
     def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener) -> None:
-        assert topics == [self.partition.topic]
+        assert self.partition.topic in topics
         self._listener = listener
 
     async def start(self) -> None:
@@ -90,6 +90,9 @@ class MemoryConsumer:
     async def position(self, partition: TopicPartition) -> int:
         return self.committed.get(partition, 0)
 
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self._end if tp == self.partition else 0 for tp in partitions}
+
     async def topics(self) -> set[str]:
         return {self.partition.topic}
 
@@ -119,6 +122,7 @@ class MemoryProducer:
         topic: str,
         value: bytes | None = None,
         key: bytes | None = None,
+        partition: int | None = None,
         *,
         headers: Headers | None = None,
     ) -> asyncio.Future[RecordMetadata]:
@@ -126,8 +130,8 @@ class MemoryProducer:
             await self._before_send(topic, value)
         self.sent.append((topic, key, value, dict(headers or [])))
         acked: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-        tp = TopicPartition(topic, 0)
-        acked.set_result(RecordMetadata(topic, 0, tp, len(self.sent) - 1, -1, 0, 0))
+        tp = TopicPartition(topic, partition or 0)
+        acked.set_result(RecordMetadata(topic, tp.partition, tp, len(self.sent) - 1, -1, 0, 0))
         return acked
 
     def headers_of(self, topic: str) -> list[dict[str, bytes]]:

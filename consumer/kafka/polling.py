@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumer.kafka.connect import wait_or_stop
@@ -24,21 +25,26 @@ class Poller:
     def __init__(self, consumer: KafkaConsumer, refusal: Refusal = lambda exc: None) -> None:
         self._consumer = consumer
         self._refusal = refusal
-        self._paused = False
+        self._paused: set[TopicPartition] = set()
         # Whether the loop waits in ``getmany``, and whether stop cancelled that wait.
         self._polling = False
         self._interrupted = False
 
-    def pause_when_full(self, free: int) -> None:
-        """No fetching for a full window; polling goes on while paused, so the group does
-        not think we are stuck."""
-        if free <= 0:
+    def pause_when_full(
+        self,
+        free: int,
+        also: Callable[[set[TopicPartition]], set[TopicPartition]] = lambda assignment: set(),
+    ) -> None:
+        """No fetching for a full window, nor from the partitions ``also(assignment)``
+        names; polling goes on while paused, so the group does not think we are stuck."""
+        assignment = self._consumer.assignment()
+        paused = assignment if free <= 0 else also(assignment)
+        if paused:
             # Re-applied every time: a new assignment arrives unpaused.
-            self._consumer.pause(*self._consumer.assignment())
-            self._paused = True
-        elif self._paused:
-            self._consumer.resume(*self._consumer.assignment())
-            self._paused = False
+            self._consumer.pause(*paused)
+        if self._paused - paused:
+            self._consumer.resume(*(assignment - paused))
+        self._paused = paused
 
     @contextlib.asynccontextmanager
     async def stoppable(self, stop: asyncio.Event) -> AsyncIterator[None]:

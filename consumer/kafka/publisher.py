@@ -98,7 +98,9 @@ class Publisher:
         while True:
             try:
                 futures = [
-                    await self._producer.send(o.topic, o.value, key=o.key, headers=o.headers)
+                    await self._producer.send(
+                        o.topic, o.value, key=o.key, partition=o.partition, headers=o.headers
+                    )
                     for o in outgoing
                 ]
                 # One result is the usual case: a gather of one costs a task and a future.

@@ -1,8 +1,13 @@
 """The consume loop: fetch, key-ordered dispatch, periodic commits, and the drain.
 
 At-least-once: an input offset is committed only after every record it produced (results,
-DLQ copy) is acknowledged with ``acks=all``, and only once every earlier offset of its
-partition is finished too. A crash repeats work past the last commit; it never skips any.
+parks, DLQ copy) is acknowledged with ``acks=all``, and only once every earlier offset of
+its partition is finished too. A crash repeats work past the last commit; it never skips
+any.
+
+The group's subscription is the input topic and the retry topic. A retry record read before
+it is due is held (``consumer.kafka.holding``) and dispatched once due, like an input
+record, in the order of its order id's other work.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from consumer.config import KafkaSettings, ProcessingSettings
 from consumer.core.backoff import Backoff
 from consumer.core.canceller import Canceller
 from consumer.core.events import OrderCancelled
+from consumer.core.parking import ParkedShipment, park_of, parse_parked
 from consumer.core.pipeline import parse_order_cancelled
 from consumer.core.records import OutputTopics
+from consumer.kafka.catchup import CatchUp
 from consumer.kafka.clients import (
     aiokafka_clients,
     check_security,
@@ -33,14 +40,15 @@ from consumer.kafka.clients import (
 )
 from consumer.kafka.commits import Committer
 from consumer.kafka.connect import connect
-from consumer.kafka.handler import RecordHandler
+from consumer.kafka.handler import Parsed, RecordHandler
 from consumer.kafka.health import BrokerTrouble, ConsumerHealth
+from consumer.kafka.holding import HeldRecords
 from consumer.kafka.inflight import InFlight
 from consumer.kafka.polling import Poller
 from consumer.kafka.publisher import Publisher
 from consumer.kafka.seams import Clock, KafkaClients, KafkaConsumer, KafkaProducer
 from consumer.observability.messaging import MessagingSpans
-from consumer.observability.metrics import Metrics
+from consumer.observability.metrics import AccountPressure, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +97,12 @@ class Runner:
         self._health = ConsumerHealth(clock, kafka.request_timeout_ms / 1000)
         self._trouble = BrokerTrouble(kafka.bootstrap_servers)
         self._inflight = InFlight(processing.max_in_flight)
+        self._held = HeldRecords(processing.retry.max_held)
+        self._catch_up = CatchUp(kafka.input_topic, kafka.retry_topic)
         self._spans = MessagingSpans(tracer, kafka.group_id)
-        self._topics = OutputTopics(kafka.cancelled_topic, kafka.failed_topic, kafka.dlq_topic)
+        self._topics = OutputTopics(
+            kafka.cancelled_topic, kafka.failed_topic, kafka.dlq_topic, kafka.retry_topic
+        )
         self._metrics.observe(self)
 
     @property
@@ -103,6 +115,22 @@ class Runner:
 
     def readiness(self) -> tuple[bool, str]:
         return self._health.readiness()
+
+    @property
+    def held(self) -> int:
+        """Retry records read back and waiting in memory until due."""
+        return len(self._held)
+
+    def back_pressure(self) -> Mapping[str, AccountPressure]:
+        parked = self._canceller.parked.per_account(self._clock())
+        return {
+            name: AccountPressure(
+                *parked.get(name, (0, 0.0)),
+                circuit_state=int(account.breaker.state),
+                pace_per_minute=account.pace.per_minute if account.pace else None,
+            )
+            for name, account in self._canceller.accounts.items()
+        }
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then drain, commit and leave the group."""
@@ -158,9 +186,15 @@ class Runner:
                 clock=self._clock,
             ),
         )
-        listener = _DrainOnRevoke(lambda revoked: self._drain(connection, revoked), self._health)
+        listener = _DrainOnRevoke(
+            lambda revoked: self._drain(connection, revoked),
+            lambda assigned: self._catch_up.assigned(consumer, assigned),
+            self._health,
+        )
         try:
-            consumer.subscribe([self._kafka.input_topic], listener=listener)
+            consumer.subscribe(
+                [self._kafka.input_topic, self._kafka.retry_topic], listener=listener
+            )
             # A refused login, certificate or idempotent producer ends the run with one
             # line (ConfigError).
             await check_security(self._kafka)
@@ -178,12 +212,13 @@ class Runner:
         next_commit = time.monotonic() + commit_every
         async with poller.stoppable(stop):
             while not stop.is_set():
+                self._dispatch_due(connection)
                 free = inflight.free_slots
-                poller.pause_when_full(free)
+                poller.pause_when_full(free, self._paused_besides)
                 if free <= 0:
                     await _first_of(stop.wait(), inflight.slot_freed(), _SLOT_WAIT_SECONDS)
                 batches = await poller.poll(
-                    stop, timeout_ms=_POLL_MS if free > 0 else 0, max_records=free
+                    stop, timeout_ms=self._poll_ms() if free > 0 else 0, max_records=free
                 )
                 for tp, records in batches.items():
                     for record in records:
@@ -194,14 +229,61 @@ class Runner:
                     await self._health.observe(connection.consumer)
                     next_commit = time.monotonic() + commit_every
 
+    def _paused_besides(self, assignment: set[TopicPartition]) -> set[TopicPartition]:
+        """Besides a full window: the retry partitions while the held records are at their
+        cap, else the input partitions whose retry partition is still being read back."""
+        if self._held.full:
+            return {tp for tp in assignment if tp.topic == self._kafka.retry_topic}
+        return self._catch_up.gated(assignment)
+
+    def _poll_ms(self) -> int:
+        """No longer than until the earliest held record is due."""
+        due = self._held.next_due()
+        if due is None:
+            return _POLL_MS
+        return max(0, min(_POLL_MS, int((due - self._clock()) * 1000) + 1))
+
     def _dispatch(
         self, connection: _Connection, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]
     ) -> None:
+        if tp.topic == self._kafka.retry_topic:
+            self._dispatch_parked(connection, tp, record)
+            return
         parsed = parse_order_cancelled(record.value, self._processing.max_event_bytes)
         if isinstance(parsed, OrderCancelled):
             key = parsed.order_id
         else:
             key = parsed.order_id or f"\x00invalid:{tp.partition}:{record.offset}"
+        self._start(connection, tp, record, key, parsed)
+
+    def _dispatch_parked(
+        self, connection: _Connection, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]
+    ) -> None:
+        """A retry record: held until due, or started now."""
+        self._catch_up.read(tp, record.offset)
+        parsed = parse_parked(record.value)
+        if isinstance(parsed, ParkedShipment):
+            due = parsed.due_at.timestamp()
+            if due > self._clock():
+                hold = self._inflight.hold(tp, record.offset, connection.consumer.assignment)
+                if hold is not None:
+                    self._held.hold(due, tp, record, parsed, hold)
+                    park_of(self._canceller.parked, parsed, tp.partition)
+                    self._count_consumed(tp)
+                return
+            key = parsed.event.order_id
+        else:
+            key = f"\x00invalid-retry:{tp.partition}:{record.offset}"
+        self._start(connection, tp, record, key, parsed)
+
+    def _start(
+        self,
+        connection: _Connection,
+        tp: TopicPartition,
+        record: ConsumerRecord[bytes, bytes],
+        key: str,
+        parsed: Parsed,
+    ) -> None:
         handle = connection.handler.handle
         if self._inflight.start(
             tp,
@@ -210,16 +292,39 @@ class Runner:
             lambda: handle(tp, record, parsed),
             connection.consumer.assignment,
         ):
-            metrics = self._metrics
-            metrics.consumed.add(
-                1, metrics.consumed_attributes(tp.topic, tp.partition, self._kafka.group_id)
+            self._count_consumed(tp)
+
+    def _dispatch_due(self, connection: _Connection) -> None:
+        """Start the held records now due, as many as the window has room for."""
+        free = self._inflight.free_slots
+        if free <= 0 or not len(self._held):
+            return
+        handle = connection.handler.handle
+        for held in self._held.pop_due(self._clock(), free):
+            tp, record, parsed = held.tp, held.record, held.parked
+            self._inflight.start(
+                tp,
+                record.offset,
+                parsed.event.order_id,
+                lambda tp=tp, record=record, parsed=parsed: handle(tp, record, parsed),  # type: ignore[misc]
+                connection.consumer.assignment,
+                held=held.hold,
             )
+
+    def _count_consumed(self, tp: TopicPartition) -> None:
+        metrics = self._metrics
+        metrics.consumed.add(
+            1, metrics.consumed_attributes(tp.topic, tp.partition, self._kafka.group_id)
+        )
 
     async def _drain(self, connection: _Connection, partitions: Iterable[TopicPartition]) -> None:
         """Let in-flight work of these partitions finish within the grace period, commit
         (waiting up to a request timeout for the broker: the group waits for us)."""
         partitions = list(partitions)
         self._inflight.draining(partitions)
+        self._held.release(partitions)
+        self._catch_up.revoked(partitions)
+        self._canceller.parked.forget_partitions({tp.partition for tp in partitions})
         try:
             await self._inflight.finish(partitions, self._processing.drain_grace_seconds)
             await connection.committer.commit(
@@ -257,9 +362,11 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(
         self,
         drain: Callable[[set[TopicPartition]], Awaitable[None]],
+        catch_up: Callable[[set[TopicPartition]], Awaitable[None]],
         health: ConsumerHealth,
     ) -> None:
         self._drain = drain
+        self._catch_up = catch_up
         self._health = health
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -271,6 +378,15 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"partitions": _names(assigned)})
+        try:
+            await self._catch_up(assigned)
+        except KafkaError as exc:
+            # Not worth failing the join for: the parks are read back all the same, a later
+            # event may just overtake one of them meanwhile.
+            log.warning(
+                "cannot tell how far to read parked shipments back",
+                extra={"error": f"{type(exc).__name__}: {exc}"},
+            )
         self._health.joined()
 
 

@@ -41,6 +41,8 @@ class KafkaConsumer(Protocol):
 
     async def position(self, partition: TopicPartition) -> int: ...
 
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]: ...
+
     async def topics(self) -> set[str]: ...
 
     async def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None: ...
@@ -56,6 +58,7 @@ class KafkaProducer(Protocol):
         topic: str,
         value: bytes | None = None,
         key: bytes | None = None,
+        partition: int | None = None,
         *,
         headers: Headers | None = None,
     ) -> asyncio.Future[RecordMetadata]: ...

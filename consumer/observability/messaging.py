@@ -25,6 +25,7 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, Tracer
 
 from consumer.core.events import CancelFailed, ResultEvent, ShipmentCancelled
+from consumer.core.parking import ParkedShipment
 from consumer.core.records import Outgoing
 from consumer.observability.metrics import KAFKA, PROCESS, SEND
 from consumer.observability.tracing import (
@@ -32,6 +33,7 @@ from consumer.observability.tracing import (
     CANCELLED,
     FAILED,
     ORDER_ID,
+    PARKED,
     ActiveSpan,
     annotate_failure,
     extract_context,
@@ -145,13 +147,17 @@ def mark_dead_lettered(span: trace.Span, error_type: str) -> None:
     span.set_attributes({ERROR_TYPE: error_type, CANCEL_OUTCOME: DEAD_LETTERED})
 
 
-def annotate_event(span: trace.Span, results: Sequence[ResultEvent]) -> None:
+def annotate_event(span: trace.Span, results: Sequence[ResultEvent | ParkedShipment]) -> None:
     """``cancel.outcome`` of the event: ``failed`` when any shipment failed (the span then
-    has status ERROR with the first failure's category), else the shipments' outcome."""
+    has status ERROR with the first failure's category), ``parked`` when any waits for a
+    later attempt, else the shipments' outcome."""
     failed = next((r for r in results if isinstance(r, CancelFailed)), None)
     if failed is not None:
         span.set_attribute(CANCEL_OUTCOME, FAILED)
         annotate_failure(span, failed.error)
+        return
+    if any(isinstance(r, ParkedShipment) for r in results):
+        span.set_attribute(CANCEL_OUTCOME, PARKED)
         return
     outcomes = {r.outcome for r in results if isinstance(r, ShipmentCancelled)}
     span.set_attribute(CANCEL_OUTCOME, outcomes.pop() if len(outcomes) == 1 else "cancelled")

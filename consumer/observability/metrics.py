@@ -11,6 +11,7 @@ records into a no-op provider, so code and tests that do not care pay next to no
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from opentelemetry.metrics import (
@@ -37,6 +38,7 @@ _LONG_SECONDS = (*_SHORT_SECONDS, 15, 30, 60, 120, 300)
 PROVIDER = "provider"
 OUTCOME = "outcome"
 CATEGORY = "category"
+REASON = "reason"
 LIMITER = "limiter"
 NONE = "none"
 KAFKA = "kafka"
@@ -57,6 +59,19 @@ class Observed(Protocol):
         ...
 
     def readiness(self) -> tuple[bool, str]: ...
+
+    def back_pressure(self) -> Mapping[str, AccountPressure]:
+        """Per provider account."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPressure:
+    parked: int
+    oldest_parked_seconds: float
+    circuit_state: int
+    # None for an account without a rate limit.
+    pace_per_minute: float | None
 
 
 class Tally:
@@ -148,6 +163,12 @@ class Metrics:
             "Time waiting for a provider account's call slot or rate-limit token.",
             (0.0, *_LONG_SECONDS),
         )
+        self.parks = Tally(
+            meter,
+            "cancel_processor.parks",
+            unit="{shipment}",
+            description="Shipments parked in the retry topic, by provider account and reason.",
+        )
         self._observed: Observed | None = None
         self._consumed_attributes: dict[tuple[str, int, str], dict[str, str]] = {}
         self._built_attributes: dict[tuple[str, ...], dict[str, str]] = {}
@@ -167,6 +188,29 @@ class Metrics:
             "cancel_processor.ready",
             callbacks=[self._observe_ready],
             description="1 when /readyz answers 200.",
+        )
+
+        meter.create_observable_gauge(
+            "cancel_processor.parked.shipments",
+            callbacks=[self._observe_parked],
+            unit="{shipment}",
+            description="Shipments parked now, per provider account (held or on their way back).",
+        )
+        meter.create_observable_gauge(
+            "cancel_processor.parked.oldest_age",
+            callbacks=[self._observe_oldest],
+            unit="s",
+            description="Time since the oldest parked shipment was first parked, per account.",
+        )
+        meter.create_observable_gauge(
+            "cancel_processor.circuit.state",
+            callbacks=[self._observe_circuit],
+            description="Circuit breaker per provider account: 0 closed, 1 half-open, 2 open.",
+        )
+        meter.create_observable_gauge(
+            "cancel_processor.provider.pace_per_minute",
+            callbacks=[self._observe_pace],
+            description="Requests per minute the account allows itself now (adaptive).",
         )
 
     def observe(self, observed: Observed | None) -> None:
@@ -216,6 +260,9 @@ class Metrics:
     def retry_attributes(self, provider: str, category: str) -> dict[str, str]:
         return self._attributes(PROVIDER, provider, CATEGORY, category)
 
+    def park_attributes(self, provider: str, reason: str) -> dict[str, str]:
+        return self._attributes(PROVIDER, provider, REASON, reason)
+
     def limiter_attributes(self, provider: str, limiter: str) -> dict[str, str]:
         """Of the rate-limiter wait: ``limiter`` is ``slot`` (concurrency cap) or
         ``token`` (rate limit)."""
@@ -251,3 +298,24 @@ class Metrics:
             return ()
         ready, _reason = self._observed.readiness()
         return (Observation(1 if ready else 0),)
+
+    def _pressure(self) -> Mapping[str, AccountPressure]:
+        return {} if self._observed is None else self._observed.back_pressure()
+
+    def _observe_parked(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(p.parked, {PROVIDER: a}) for a, p in self._pressure().items()]
+
+    def _observe_oldest(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(p.oldest_parked_seconds, {PROVIDER: a}) for a, p in self._pressure().items()
+        ]
+
+    def _observe_circuit(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(p.circuit_state, {PROVIDER: a}) for a, p in self._pressure().items()]
+
+    def _observe_pace(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(p.pace_per_minute, {PROVIDER: a})
+            for a, p in self._pressure().items()
+            if p.pace_per_minute is not None
+        ]

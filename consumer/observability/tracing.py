@@ -49,6 +49,8 @@ PROVIDER_REQUEST_ID = "provider.request_id"
 PROVIDER_ERROR_CODE = "provider.error_code"
 PROVIDER_ERRORS = "provider.errors"
 FAILED = "failed"
+# A shipment parked in the retry topic for a later attempt.
+PARKED = "parked"
 # A span attribute holding the provider's error list, as JSON, stays this short.
 _MAX_PROVIDER_ERRORS_CHARS = 4096
 

@@ -1,103 +1,122 @@
-"""A provider account's rate limit, applied to every HTTP request the account sends.
+"""A provider account's pace, applied to every HTTP request the account sends.
 
 A cancel attempt may make several calls (the cancel, a confirming GET after a state refusal,
 label voids, an OAuth token fetch); providers count each one against their limit, so the
-token bucket sits in the HTTP transport, under all of them.
+pacing sits in the HTTP transport, under all of them. The transport also tells the pace how
+the provider took each request (a 429 or not), which is how the pace adapts.
 
-Waiting for a token happens inside the attempt, so it counts toward the shipment's budget
-(``consumer.core.retry``); when the budget runs out during that wait, the retry loop learns it
-from ``TokenWaits`` and reports ``rate_limited`` rather than a provider timeout.
+Waiting for a slot is our own doing, never the provider's, so it does not count toward a
+shipment's retry budget: the transport moves the attempt's time box (``AttemptSlots``) on
+by the time it waited.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 import httpx
-from aiolimiter import AsyncLimiter
+
+from consumer.core.pacing import Pace, Ticket
+from consumer.providers.base import parse_retry_after
 
 
-def token_bucket(rate_per_minute: float) -> AsyncLimiter:
-    """A bucket that lets at most ``rate_per_minute`` calls into *any* 60 s window.
+class AttemptSlots:
+    """The current cancel attempt's dealings with its account's pace.
 
-    A bucket of capacity C refilled at R/min lets C + R calls through in a minute, so it
-    refills at R - C: one second's worth of burst, never more than R per sliding minute.
-    """
-    capacity = max(1.0, rate_per_minute / 60)
-    refill_per_minute = max(rate_per_minute - capacity, rate_per_minute / 2)
-    return AsyncLimiter(max_rate=capacity, time_period=capacity * 60 / refill_per_minute)
-
-
-@dataclass(slots=True)
-class TokenWaits:
-    """Whether the current cancel attempt is blocked on its account's rate limit."""
-
-    waiting: bool = False
-
-
-_current: ContextVar[TokenWaits | None] = ContextVar("provider_token_waits", default=None)
-
-
-class tracking_token_waits:
-    """Let the transport report token waits of the calls made inside this block.
-
+    ``ticket``: the claim the canceller took on the pace when it admitted the shipment, used
+    by the attempt's first request. ``budget``: the attempt's time box, moved on by every wait.
     A class, not ``@contextmanager``: it is entered once per cancel attempt, and the
     generator machinery costs several times more.
     """
 
-    __slots__ = ("_reset", "_waits")
+    __slots__ = ("_reset", "budget", "ticket", "waited")
 
-    def __enter__(self) -> TokenWaits:
-        self._waits = TokenWaits()
-        self._reset = _current.set(self._waits)
-        return self._waits
+    def __init__(self, ticket: Ticket | None = None, budget: asyncio.Timeout | None = None):
+        self.ticket = ticket
+        self.budget = budget
+        self.waited = 0.0
+
+    def __enter__(self) -> AttemptSlots:
+        self._reset = _current.set(self)
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
         _current.reset(self._reset)
+        if self.ticket is not None:
+            self.ticket.release()  # no request was made
+
+    def slot(self, pace: Pace) -> float:
+        """The clock time the next request may go at, booked now (with the ticket, once)."""
+        if self.ticket is not None:
+            ticket, self.ticket = self.ticket, None
+            return ticket.book()
+        return pace.book()
+
+    def waited_for(self, seconds: float) -> None:
+        self.waited += seconds
+        budget = self.budget
+        if budget is not None and seconds > 0 and (when := budget.when()) is not None:
+            budget.reschedule(when + seconds)
 
 
-class RateLimitedTransport(httpx.AsyncBaseTransport):
-    """Takes one token of ``limiter`` per HTTP request, then hands it to ``inner``.
+_current: ContextVar[AttemptSlots | None] = ContextVar("provider_attempt_slots", default=None)
 
-    ``on_wait`` hears how long each request waited for its token (a metric).
+
+class PacedTransport(httpx.AsyncBaseTransport):
+    """Sends each request in its slot of ``pace``, then hands it to ``inner``.
+
+    ``on_wait`` hears how long each request waited for its slot (a metric).
     """
 
     def __init__(
         self,
         inner: httpx.AsyncBaseTransport,
-        limiter: AsyncLimiter,
+        pace: Pace,
         on_wait: Callable[[float], None] | None = None,
     ) -> None:
         self._inner = inner
-        self._limiter = limiter
+        self._pace = pace
         self._on_wait = on_wait
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        waits = _current.get()
-        if waits is not None:
-            waits.waiting = True
-        started = time.monotonic()
-        # On cancellation (the budget ran out) the flag stays set: that is the news.
-        await self._limiter.acquire()
-        if waits is not None:
-            waits.waiting = False
+        attempt = _current.get()
+        pace = self._pace
+        epoch = pace.epoch
+        start = attempt.slot(pace) if attempt is not None else pace.book()
+        began = time.monotonic()
+        slept = False
+        while (delay := start - time.monotonic()) > 0:
+            if attempt is not None:
+                attempt.waited_for(delay)  # before the sleep: the budget must not fire in it
+            await asyncio.sleep(delay)
+            slept = True
+            if pace.epoch == epoch:
+                break
+            # Refused meanwhile: the slot was booked on a pace the provider does not take.
+            epoch, start = pace.epoch, pace.book()
+        wait = time.monotonic() - began if slept else 0.0
         if self._on_wait is not None:
-            self._on_wait(time.monotonic() - started)
-        return await self._inner.handle_async_request(request)
+            self._on_wait(wait)
+        response = await self._inner.handle_async_request(request)
+        if response.status_code == 429:
+            self._pace.throttled(parse_retry_after(response.headers))
+        else:
+            self._pace.succeeded()
+        return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-def rate_limited(
+def paced(
     inner: httpx.AsyncBaseTransport,
-    rate_per_minute: float | None,
+    pace: Pace | None,
     on_wait: Callable[[float], None] | None = None,
 ) -> httpx.AsyncBaseTransport:
-    """``inner`` behind the account's token bucket; unchanged when it has no limit."""
-    if rate_per_minute is None:
+    """``inner`` behind the account's pace; unchanged when it has no rate limit."""
+    if pace is None:
         return inner
-    return RateLimitedTransport(inner, token_bucket(rate_per_minute), on_wait)
+    return PacedTransport(inner, pace, on_wait)

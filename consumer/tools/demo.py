@@ -91,6 +91,7 @@ def demo_settings(bootstrap: str, simulator: Simulator, suffix: str) -> Settings
                 "cancelled_topic": f"shipments.cancelled{suffix}",
                 "failed_topic": f"shipments.cancel-failed{suffix}",
                 "dlq_topic": f"orders.cancelled.dlq{suffix}",
+                "retry_topic": f"orders.cancelled.retry{suffix}",
                 # The private embedded broker (no suffix) has no idempotent producer; an
                 # external cluster (KAFKA_BOOTSTRAP_SERVERS) is Kafka.
                 "enable_idempotence": bool(suffix),

@@ -20,6 +20,7 @@ from pydantic_core import core_schema
 
 from consumer.core import headers
 from consumer.core.events import CancelFailed, OrderCancelled, ShipmentCancelled
+from consumer.core.parking import ParkedShipment
 from consumer.ingress.openapi import INGRESS_OPENAPI_FILE, ingress_openapi_document
 
 # Stable identifiers: consumers may cache or reference the schemas by these URLs.
@@ -29,6 +30,7 @@ JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 ORDER_CANCELLED_FILE: Final = "order.cancelled.v1.json"
 SHIPMENT_CANCELLED_FILE: Final = "shipment.cancelled.v1.json"
 CANCEL_FAILED_FILE: Final = "shipment.cancel_failed.v1.json"
+CANCEL_RETRY_FILE: Final = "shipment.cancel_retry.v1.json"
 ASYNCAPI_FILE: Final = "asyncapi.yaml"
 
 # Input is described as what we accept; results as what we write.
@@ -36,6 +38,7 @@ _EVENT_SCHEMAS: Final[tuple[tuple[str, type[BaseModel], JsonSchemaMode], ...]] =
     (ORDER_CANCELLED_FILE, OrderCancelled, "validation"),
     (SHIPMENT_CANCELLED_FILE, ShipmentCancelled, "serialization"),
     (CANCEL_FAILED_FILE, CancelFailed, "serialization"),
+    (CANCEL_RETRY_FILE, ParkedShipment, "serialization"),
 )
 
 _KAFKA_BINDING_VERSION: Final = "0.5.0"
@@ -162,6 +165,34 @@ def _json_message(
     }
 
 
+def _retry_headers() -> dict[str, Yaml]:
+    return {
+        "type": "object",
+        "required": [
+            headers.TRACEPARENT,
+            headers.CONTENT_TYPE,
+            headers.EVENT_TYPE,
+            headers.SOURCE_EVENT_ID,
+            headers.RETRY_DUE_AT,
+        ],
+        "properties": {
+            **_trace_headers(),
+            headers.CONTENT_TYPE: {"type": "string", "const": "application/json"},
+            headers.EVENT_TYPE: {"type": "string", "const": "shipment.cancel_retry"},
+            headers.SOURCE_EVENT_ID: {
+                "type": "string",
+                "format": "uuid",
+                "description": "event_id of the order.cancelled event the shipment came in.",
+            },
+            headers.RETRY_DUE_AT: {
+                "type": "string",
+                "format": "date-time",
+                "description": "due_at of the payload: not retried before this time.",
+            },
+        },
+    }
+
+
 def _dead_letter_message() -> dict[str, Yaml]:
     dlq_string = {"type": "string"}
     return {
@@ -244,7 +275,7 @@ def _operation(action: str, channel_id: str, message_id: str, summary: str) -> d
 
 
 def asyncapi_document() -> dict[str, Yaml]:
-    """The four topics as the service sees them (names are the configuration defaults)."""
+    """The five topics as the service sees them (names are the configuration defaults)."""
     return {
         "asyncapi": "3.0.0",
         "id": SCHEMA_BASE_URL + ASYNCAPI_FILE,
@@ -287,6 +318,14 @@ def asyncapi_document() -> dict[str, Yaml]:
                 "deadLetter",
                 "Input records that could not be parsed or validated.",
             ),
+            "ordersCancelledRetry": _channel(
+                "orders.cancelled.retry",
+                "cancelRetry",
+                "The processor's own: shipments parked for a later attempt (transient provider "
+                "failure, busy account, open circuit, or behind an earlier park of the same "
+                "shipment). As many partitions as orders.cancelled; a park goes to the "
+                "partition of the same number as its input.",
+            ),
         },
         "operations": {
             "receiveOrderCancelled": _operation(
@@ -305,7 +344,16 @@ def asyncapi_document() -> dict[str, Yaml]:
                 "One per shipment that could not be cancelled.",
             ),
             "sendDeadLetter": _operation(
-                "send", "ordersCancelledDlq", "deadLetter", "Park a poison input record."
+                "send", "ordersCancelledDlq", "deadLetter", "Set a poison input record aside."
+            ),
+            "sendCancelRetry": _operation(
+                "send", "ordersCancelledRetry", "cancelRetry", "Park a shipment until due."
+            ),
+            "receiveCancelRetry": _operation(
+                "receive",
+                "ordersCancelledRetry",
+                "cancelRetry",
+                "Read parks back, hold each until due_at, then attempt the shipment again.",
             ),
         },
         "components": {
@@ -333,6 +381,14 @@ def asyncapi_document() -> dict[str, Yaml]:
                     _result_headers("shipment.cancel_failed", source_always_known=False),
                 ),
                 "deadLetter": _dead_letter_message(),
+                "cancelRetry": _json_message(
+                    "shipment.cancel_retry",
+                    "Shipment cancel retry",
+                    "One parked shipment: its order-cancelled event cut to it, when it is "
+                    "due, and how far its retries have come.",
+                    CANCEL_RETRY_FILE,
+                    _retry_headers(),
+                ),
             }
         },
     }

@@ -1,4 +1,4 @@
-"""The four topics: create them with documented settings, verify the ones that exist.
+"""The five topics: create them with documented settings, verify the ones that exist.
 
 ``provision_topics`` is the ``topics`` command: it creates what is missing with the
 ``[topics]`` settings (or, in check mode, creates nothing) and compares every existing topic
@@ -40,7 +40,13 @@ class TopicsError(Exception):
 
 
 def topic_names(kafka: KafkaSettings) -> list[str]:
-    return [kafka.input_topic, kafka.cancelled_topic, kafka.failed_topic, kafka.dlq_topic]
+    return [
+        kafka.input_topic,
+        kafka.retry_topic,
+        kafka.cancelled_topic,
+        kafka.failed_topic,
+        kafka.dlq_topic,
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,7 @@ class TopicSpec:
 def topic_specs(kafka: KafkaSettings, topics: TopicsSettings) -> list[TopicSpec]:
     retention_days = {
         kafka.input_topic: topics.input_retention_days,
+        kafka.retry_topic: topics.retry_retention_days,
         kafka.cancelled_topic: topics.results_retention_days,
         kafka.failed_topic: topics.results_retention_days,
         kafka.dlq_topic: topics.dlq_retention_days,
@@ -61,6 +68,7 @@ def topic_specs(kafka: KafkaSettings, topics: TopicsSettings) -> list[TopicSpec]
     # What we produce must fit: a DLQ copy is as large as the input allowed, and the
     # producer sends batches up to kafka.max_request_bytes (broker default: about 1 MiB).
     produced = {"max.message.bytes": str(kafka.max_request_bytes)}
+    # One partition count for all: the retry topic's partition n goes with the input's.
     return [
         TopicSpec(
             name=name,
@@ -128,7 +136,7 @@ async def provision_topics(
 async def ensure_topics(
     kafka: KafkaSettings, partitions: int = 3, replication_factor: int = 1
 ) -> None:
-    """Create the four topics with broker-default configs when missing (demo, tests)."""
+    """Create the topics with broker-default configs when missing (demo, tests)."""
     specs = [TopicSpec(name, partitions, replication_factor, {}) for name in topic_names(kafka)]
     async with _admin(kafka) as admin:
         codes = await _create(admin, specs)

@@ -57,6 +57,7 @@ async def settings(bootstrap_servers: str, simulator: Simulator) -> Settings:
                 "cancelled_topic": f"shipments.cancelled.{run}",
                 "failed_topic": f"shipments.cancel-failed.{run}",
                 "dlq_topic": f"orders.cancelled.dlq.{run}",
+                "retry_topic": f"orders.cancelled.retry.{run}",
                 "commit_interval_seconds": 0.2,
                 "session_timeout_ms": 6000,
                 "heartbeat_interval_ms": 1000,

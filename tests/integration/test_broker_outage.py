@@ -41,6 +41,7 @@ def outage_settings(bootstrap: str, simulator: Simulator) -> Settings:
                 "cancelled_topic": f"ok-{run}",
                 "failed_topic": f"failed-{run}",
                 "dlq_topic": f"dlq-{run}",
+                "retry_topic": f"retry-{run}",
                 "session_timeout_ms": 6000,
                 "heartbeat_interval_ms": 1000,
                 "request_timeout_ms": 4000,

@@ -96,6 +96,7 @@ def sasl_ssl(node: SecureKafkaNode, ca: Path, **extra: object) -> KafkaSettings:
             "cancelled_topic": f"shipments.cancelled.{run}",
             "failed_topic": f"shipments.cancel-failed.{run}",
             "dlq_topic": f"orders.cancelled.dlq.{run}",
+            "retry_topic": f"orders.cancelled.retry.{run}",
             **extra,
         }
     )
@@ -123,6 +124,7 @@ async def create_topics(node: SecureKafkaNode, kafka: KafkaSettings) -> None:
             "cancelled_topic": kafka.cancelled_topic,
             "failed_topic": kafka.failed_topic,
             "dlq_topic": kafka.dlq_topic,
+            "retry_topic": kafka.retry_topic,
         }
     )
     await ensure_topics(plain, partitions=1)
@@ -210,7 +212,11 @@ async def test_a_denied_group_or_topic_is_refused_at_the_consumers_start(
     await create_topics(secure_broker, kafka)
     outputs = [kafka.cancelled_topic, kafka.failed_topic, kafka.dlq_topic]
     acls = processor_acls(
-        USER, group=kafka.group_id, input_topic=kafka.input_topic, output_topics=outputs
+        USER,
+        group=kafka.group_id,
+        input_topic=kafka.input_topic,
+        retry_topic=kafka.retry_topic,
+        output_topics=outputs,
     )
     denied_group = f"{kafka.group_id}.denied"
     acls += Acl.deny(USER, Resource.GROUP, denied_group, Operation.READ)

@@ -109,8 +109,10 @@ async def test_ops_server_reports_readiness_and_every_series(cluster: Cluster) -
         "mvmnt",
     }
     lag = scraped["cancel_processor_consumer_lag"]
+    # The input topic's, and the retry topic's (its lag is how far parks are from read back).
     assert {labels["messaging_destination_name"] for labels, _ in lag} == {
-        cluster.kafka.input_topic
+        cluster.kafka.input_topic,
+        cluster.kafka.retry_topic,
     }
     # The label sets as the live service exports them (the contract's, plus what the
     # semantic conventions require).

@@ -97,7 +97,15 @@ async def test_retryable_failures_come_back_with_their_ids_after_a_fix(
     event["shipments"][1]["lookup"] = "key"
     event["reason"] = "Customer moved"
     await cluster.send(event)
-    async with running_processor(cluster.settings):
+    # A retry horizon of two seconds: the flaky shipment is parked and retried until then,
+    # and only then fails (retryable), as it would after a day-long outage.
+    retry = cluster.settings.processing.retry.model_copy(
+        update={"max_attempts": 1, "schedule_seconds": (0.3,), "horizon_hours": 2 / 3600}
+    )
+    # Five 503s in a row would open the circuit; its cool-down is not what this is about.
+    breaker = cluster.settings.processing.breaker.model_copy(update={"failure_threshold": 1000})
+    processing = cluster.settings.processing.model_copy(update={"retry": retry, "breaker": breaker})
+    async with running_processor(cluster.settings.model_copy(update={"processing": processing})):
         first = await cluster.results(count=3)
     failed = {r["shipment_id"]: r for r in first if "error" in r}
     assert failed["SHP-7-flaky9"]["error"]["retryable"] is True
@@ -147,6 +155,7 @@ async def test_the_command_line_plans_a_dry_run(cluster: Cluster, tmp_path: Path
         f'[kafka]\nbootstrap_servers = "{kafka.bootstrap_servers}"\n'
         f'input_topic = "{kafka.input_topic}"\ncancelled_topic = "{kafka.cancelled_topic}"\n'
         f'failed_topic = "{kafka.failed_topic}"\ndlq_topic = "{kafka.dlq_topic}"\n'
+        f'retry_topic = "{kafka.retry_topic}"\n'
         f"enable_idempotence = {str(kafka.enable_idempotence).lower()}\n"
     )
     process, out, err = await redrive_command(

@@ -25,6 +25,7 @@ input_topic = "{input}"
 cancelled_topic = "{cancelled}"
 failed_topic = "{failed}"
 dlq_topic = "{dlq}"
+retry_topic = "{retry}"
 enable_idempotence = {idempotence}
 session_timeout_ms = 6000
 heartbeat_interval_ms = 1000
@@ -56,6 +57,7 @@ def write_config(tmp_path: Path, settings: Settings, simulator: Simulator, boots
             cancelled=kafka.cancelled_topic,
             failed=kafka.failed_topic,
             dlq=kafka.dlq_topic,
+            retry=kafka.retry_topic,
             idempotence=str(kafka.enable_idempotence).lower(),
             shipstation=simulator.shipstation_base_url,
         )

@@ -39,6 +39,7 @@ def kafka_settings(bootstrap: str, run: str | None = None) -> KafkaSettings:
         cancelled_topic=f"shipments.cancelled.{run}",
         failed_topic=f"shipments.cancel-failed.{run}",
         dlq_topic=f"orders.cancelled.dlq.{run}",
+        retry_topic=f"orders.cancelled.retry.{run}",
     )
 
 
@@ -62,6 +63,7 @@ def test_specs_give_each_topic_its_retention_and_the_shared_settings() -> None:
     retention = {name: int(s.configs["retention.ms"]) for name, s in specs.items()}
     assert retention == {
         "orders.cancelled": 7 * DAY_MS,
+        "orders.cancelled.retry": 7 * DAY_MS,
         "shipments.cancelled": 14 * DAY_MS,
         "shipments.cancel-failed": 14 * DAY_MS,
         "orders.cancelled.dlq": 30 * DAY_MS,
@@ -76,6 +78,7 @@ def test_specs_give_each_topic_its_retention_and_the_shared_settings() -> None:
     produced = {n: s.configs.get("max.message.bytes") for n, s in specs.items()}
     assert produced == {
         "orders.cancelled": None,
+        "orders.cancelled.retry": str(kafka.max_request_bytes),
         "shipments.cancelled": str(kafka.max_request_bytes),
         "shipments.cancel-failed": str(kafka.max_request_bytes),
         "orders.cancelled.dlq": str(kafka.max_request_bytes),
@@ -225,6 +228,7 @@ input_topic = "orders.cancelled.{run}"
 cancelled_topic = "shipments.cancelled.{run}"
 failed_topic = "shipments.cancel-failed.{run}"
 dlq_topic = "orders.cancelled.dlq.{run}"
+retry_topic = "orders.cancelled.retry.{run}"
 
 [topics]
 partitions = {partitions}
@@ -284,6 +288,7 @@ async def test_command_creates_then_checks_then_flags_a_difference(
         [f"{topic}.{run}", "created"]
         for topic in (
             "orders.cancelled",
+            "orders.cancelled.retry",
             "shipments.cancelled",
             "shipments.cancel-failed",
             "orders.cancelled.dlq",

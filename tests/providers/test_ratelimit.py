@@ -1,193 +1,218 @@
-"""The per-account rate limit: one token per HTTP request, a sliding minute never exceeded."""
+"""The account's pace in its HTTP transport: each request in its slot, 429s slow it down,
+and waiting for our own pace never spends an attempt's budget."""
 
 from __future__ import annotations
 
 import asyncio
-import selectors
+import contextlib
+import time
 
 import httpx
-from aiolimiter import AsyncLimiter
+import pytest
 
+from consumer.core.pacing import Pace
 from consumer.core.retry import AccountGate, RetryPolicy, cancel_with_retries
 from consumer.providers.base import CancelOutcome, CancelRequest
-from consumer.providers.ratelimit import RateLimitedTransport, rate_limited, token_bucket
+from consumer.providers.client import TransportClient
+from consumer.providers.ratelimit import AttemptSlots, PacedTransport, paced
 from consumer.providers.shipstation import ShipStationProvider, ShipStationSettings
 
 
-class CountingTransport(httpx.AsyncBaseTransport):
-    """Answers every request from ``answer`` and counts them."""
+class Recorded:
+    """A MockTransport answering ``status`` (with ``headers``), noting when each request came."""
 
-    def __init__(self, answer: httpx.Response | None = None) -> None:
-        self.requests: list[httpx.Request] = []
-        self._answer = answer or httpx.Response(204)
+    def __init__(self, status: int = 204, headers: dict[str, str] | None = None) -> None:
+        self.sent: list[float] = []
+        self.status = status
+        self.headers = headers or {}
+        self.transport = httpx.MockTransport(self._handle)
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return httpx.Response(
-            self._answer.status_code, headers=self._answer.headers, content=self._answer.content
-        )
-
-
-class SkippingSelector(selectors.DefaultSelector):
-    """A selector that, rather than sleep until the loop's next timer, moves ``now`` there.
-
-    Every turn of the loop takes at least a microsecond, as on a real clock: a timer set a
-    rounding error ahead (aiolimiter sets those) still comes due.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = 0.0
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is not None:
-            self.now += max(timeout, 1e-6)
-        return super().select(0)
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(time.monotonic())
+        return httpx.Response(self.status, headers=self.headers)
 
 
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An event loop whose clock jumps to its next timer instead of waiting: minutes of
-    token bucket pass in milliseconds, and the limiter knows no difference."""
-
-    def __init__(self) -> None:
-        self._virtual_clock = SkippingSelector()
-        super().__init__(self._virtual_clock)
-
-    def time(self) -> float:
-        return self._virtual_clock.now
+def get(client: TransportClient) -> asyncio.Future[httpx.Response]:
+    return asyncio.ensure_future(client.send(httpx.Request("GET", "https://p.test/x")))
 
 
-def admissions(limiter: AsyncLimiter, seconds: float) -> list[float]:
-    """When a caller that always wants a token gets one, over ``seconds`` of virtual time."""
-
-    async def saturate() -> list[float]:
-        loop = asyncio.get_running_loop()
-        admitted = []
-        while loop.time() < seconds:
-            await limiter.acquire()
-            admitted.append(loop.time())
-        return admitted
-
-    loop = VirtualTimeLoop()
-    try:
-        return loop.run_until_complete(saturate())
-    finally:
-        loop.close()
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    best = 0
-    start = 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
-def test_the_bucket_never_lets_more_than_the_limit_into_any_minute() -> None:
-    for rate in (1.0, 60.0, 200.0, 1000.0):
-        times = admissions(token_bucket(rate), seconds=300)
-        assert max_in_window(times, 60.0) <= rate, rate
-    for rate in (60.0, 200.0, 1000.0):
-        # ... and it is not needlessly slow: a saturated bucket uses most of the limit.
-        assert len(admissions(token_bucket(rate), seconds=300)) >= 0.95 * rate * 5, rate
-
-
-async def test_every_http_request_takes_a_token() -> None:
-    inner = CountingTransport()
-    limiter = AsyncLimiter(max_rate=2, time_period=3600)
-    async with httpx.AsyncClient(transport=RateLimitedTransport(inner, limiter)) as client:
-        await client.get("https://p.test/a")
-        await client.get("https://p.test/b")
-        with_third = asyncio.ensure_future(client.get("https://p.test/c"))
-        await asyncio.sleep(0.05)
-        assert not with_third.done(), "the third request waits for a token"
-        with_third.cancel()
-    assert len(inner.requests) == 2
-
-
-async def test_a_confirming_read_after_a_refusal_takes_its_own_token() -> None:
-    refusal = httpx.Response(
-        400,
-        json={
-            "request_id": "r",
-            "errors": [
-                {
-                    "error_source": "shipstation",
-                    "error_type": "business_rules",
-                    "error_code": "invalid_status",
-                    "message": "already cancelled",
-                }
-            ],
-        },
-    )
-    shipment = httpx.Response(200, json={"shipment_id": "se-1", "shipment_status": "cancelled"})
-
-    class Api(httpx.AsyncBaseTransport):
-        def __init__(self) -> None:
-            self.calls = 0
-
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            self.calls += 1
-            answer = refusal if request.method == "PUT" else shipment
-            return httpx.Response(answer.status_code, content=answer.content)
-
-    api = Api()
+async def test_requests_go_in_their_slots() -> None:
+    api = Recorded()
+    pace = Pace(1200)  # a burst of 20, then one every 60/1180 s
     waits: list[float] = []
-    limiter = AsyncLimiter(max_rate=10, time_period=60)
-    transport = RateLimitedTransport(api, limiter, on_wait=waits.append)
-    settings = ShipStationSettings(kind="shipstation", base_url="https://ss.test", api_key="k")
-    async with httpx.AsyncClient(transport=transport) as client:
-        provider = ShipStationProvider("ss", settings, client)
-        outcome = await provider.cancel(CancelRequest("se-1", "idem"))
-    assert outcome.outcome == "already_cancelled"
-    assert api.calls == 2
-    assert len(waits) == 2, "one token per request, not per attempt"
-    # Two tokens of ten are taken (less the trickle that leaked back since): 8.1 more won't fit.
-    assert limiter.has_capacity(8)
-    assert not limiter.has_capacity(8.1)
+    client = TransportClient(PacedTransport(api.transport, pace, on_wait=waits.append))
+    started = time.monotonic()
+    await asyncio.gather(*(get(client) for _ in range(25)))
+    sent = sorted(t - started for t in api.sent)
+    assert len(sent) == 25
+    assert waits.count(0.0) == 20, "the burst goes at once"
+    for k in range(1, 6):
+        # asyncio's timers fire at their time or later, never earlier.
+        assert sent[19 + k] >= k * pace.interval - 0.002, k
+    assert sent[-1] < 5 * pace.interval + 0.25, "and not much later than their slots"
+    assert sorted(waits)[-1] == pytest.approx(5 * pace.interval, abs=0.01)
 
 
-async def test_running_out_of_budget_while_waiting_for_a_token_is_rate_limited() -> None:
-    limiter = AsyncLimiter(max_rate=1, time_period=3600)
-    transport = RateLimitedTransport(CountingTransport(), limiter)
-    async with httpx.AsyncClient(transport=transport) as client:
-
-        async def attempt() -> CancelOutcome:
-            await client.get("https://p.test/x")
-            return CancelOutcome("cancelled")
-
-        gate = AccountGate(max_concurrency=4)
-        first = await cancel_with_retries(attempt, gate, RetryPolicy(budget_seconds=0.2))
-        second = await cancel_with_retries(attempt, gate, RetryPolicy(budget_seconds=0.2))
-    assert first.outcome is not None
-    assert second.error is not None
-    assert second.error.category == "rate_limited"
-    assert second.error.retryable
+async def test_a_429_with_retry_after_slows_the_pace_and_holds_it() -> None:
+    api = Recorded(429, {"Retry-After": "30"})
+    pace = Pace(300)
+    client = TransportClient(PacedTransport(api.transport, pace))
+    response = await client.send(httpx.Request("PUT", "https://p.test/cancel"))
+    assert response.status_code == 429, "the transport paces; the adapter maps the answer"
+    assert pace.per_minute == 150
+    assert 29.0 <= pace.wait() <= 30.0 + pace.interval
 
 
-async def test_a_hanging_call_with_tokens_to_spare_is_still_a_timeout() -> None:
-    class Hang(httpx.AsyncBaseTransport):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            await asyncio.sleep(3600)
-            raise AssertionError("unreachable")
+async def test_answers_other_than_429_count_as_successes_of_the_pace() -> None:
+    api = Recorded(503)
+    pace = Pace(300)
+    pace.throttled(None)
+    before = pace.per_minute
+    client = TransportClient(PacedTransport(api.transport, pace))
+    await asyncio.sleep(0.02)
+    await client.send(httpx.Request("GET", "https://p.test/x"))
+    assert pace.per_minute > before, "a 5xx is the breaker's business: the pace climbs"
 
-    transport = RateLimitedTransport(Hang(), AsyncLimiter(max_rate=5, time_period=1))
-    async with httpx.AsyncClient(transport=transport) as client:
 
-        async def attempt() -> CancelOutcome:
-            await client.get("https://p.test/x")
-            return CancelOutcome("cancelled")
+def stopped_pace(limit_per_minute: float) -> Pace:
+    """A pace whose clock stands at 0: its slots are long past for the transport, which
+    sleeps until ``time.monotonic()`` reaches them, so nothing waits, and the pace's queue
+    (``wait()``) counts exactly the slots booked and claimed."""
+    return Pace(limit_per_minute, clock=lambda: 0.0)
 
-        result = await cancel_with_retries(
-            attempt, AccountGate(max_concurrency=1), RetryPolicy(budget_seconds=0.1)
-        )
+
+async def test_the_ticket_books_the_attempts_first_request_only() -> None:
+    api = Recorded()
+    pace = stopped_pace(60)  # no burst: every slot booked or claimed is one interval
+    client = TransportClient(PacedTransport(api.transport, pace))
+    ticket = pace.admit()  # as the canceller's admission does
+    assert pace.wait() == pytest.approx(pace.interval)
+    with AttemptSlots(ticket) as slots:
+        await client.send(httpx.Request("PUT", "https://p.test/cancel"))
+        assert slots.ticket is None
+        assert pace.wait() == pytest.approx(pace.interval), "the claim became the slot"
+        await client.send(httpx.Request("GET", "https://p.test/cancel"))
+        assert pace.wait() == pytest.approx(2 * pace.interval), "a slot of its own"
+    assert pace.wait() == pytest.approx(2 * pace.interval)
+    assert len(api.sent) == 2
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_an_unused_ticket_is_given_back_when_the_attempt_ends(fails: bool) -> None:
+    pace = stopped_pace(60)
+    with contextlib.suppress(KeyError), AttemptSlots(pace.admit()):
+        if fails:
+            raise KeyError("the adapter failed before its first request")
+    assert pace.wait() == 0.0
+
+
+async def test_a_ticket_waits_for_its_slot_like_any_request() -> None:
+    api = Recorded()
+    pace = Pace(60)
+    waits: list[float] = []
+    client = TransportClient(PacedTransport(api.transport, pace, on_wait=waits.append))
+    pace.book()  # the next slot is about a second away
+    with AttemptSlots(pace.admit()) as slots:
+        request = get(client)
+        await asyncio.sleep(0.02)
+        assert not request.done()
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+    assert slots.ticket is None
+    assert api.sent == []
+
+
+async def test_requests_outside_an_attempt_book_their_own_slots() -> None:
+    api = Recorded()
+    pace = Pace(60)
+    client = TransportClient(PacedTransport(api.transport, pace))
+    await client.send(httpx.Request("GET", "https://p.test/x"))
+    assert pace.wait() == pytest.approx(pace.interval, abs=0.1)
+
+
+async def test_a_wait_moves_the_attempts_budget_on() -> None:
+    async with asyncio.timeout(10.0) as budget:
+        when = budget.when()
+        assert when is not None
+        with AttemptSlots(budget=budget) as slots:
+            slots.waited_for(2.5)
+            slots.waited_for(0.0)
+            await asyncio.sleep(0)
+        assert budget.when() == pytest.approx(when + 2.5)
+        assert slots.waited == 2.5
+
+
+async def test_waiting_for_the_pace_does_not_time_the_attempt_out() -> None:
+    api = Recorded()
+    pace = Pace(1200)  # a burst of 20, then one every ~0.05 s: the last waits ~0.5 s
+    client = TransportClient(PacedTransport(api.transport, pace))
+
+    async def attempt() -> CancelOutcome:
+        await client.send(httpx.Request("PUT", "https://p.test/cancel"))
+        return CancelOutcome("cancelled")
+
+    policy = RetryPolicy(max_attempts=1, budget_seconds=0.05)
+    gate = AccountGate(30)
+    started = time.monotonic()
+    results = await asyncio.gather(*(cancel_with_retries(attempt, gate, policy) for _ in range(30)))
+    assert time.monotonic() - started < 2.0
+    assert [r.error.category for r in results if r.error is not None] == []
+    assert len(api.sent) == 30
+
+
+async def test_a_hanging_call_with_slots_to_spare_is_still_a_timeout() -> None:
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    client = TransportClient(PacedTransport(httpx.MockTransport(hang), Pace(600)))
+
+    async def attempt() -> CancelOutcome:
+        await client.send(httpx.Request("GET", "https://p.test/x"))
+        return CancelOutcome("cancelled")
+
+    result = await cancel_with_retries(
+        attempt, AccountGate(1), RetryPolicy(max_attempts=1, budget_seconds=0.05)
+    )
     assert result.error is not None
     assert result.error.category == "timeout"
 
 
-def test_an_account_without_a_limit_keeps_its_transport() -> None:
-    inner = CountingTransport()
-    assert rate_limited(inner, None) is inner
-    assert isinstance(rate_limited(inner, 200), RateLimitedTransport)
+async def test_a_confirming_read_after_a_refusal_takes_its_own_slot() -> None:
+    refusal = {
+        "request_id": "r",
+        "errors": [
+            {
+                "error_source": "shipstation",
+                "error_type": "business_rules",
+                "error_code": "invalid_status",
+                "message": "already cancelled",
+            }
+        ],
+    }
+    shipment = {"shipment_id": "se-1", "shipment_status": "cancelled"}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            return httpx.Response(400, json=refusal)
+        return httpx.Response(200, json=shipment)
+
+    waits: list[float] = []
+    pace = stopped_pace(60)
+    transport = PacedTransport(httpx.MockTransport(answer), pace, on_wait=waits.append)
+    settings = ShipStationSettings(kind="shipstation", base_url="https://ss.test", api_key="k")
+    provider = ShipStationProvider("ss", settings, TransportClient(transport))
+    with AttemptSlots(pace.admit()):
+        outcome = await provider.cancel(CancelRequest("se-1", "idem"))
+    assert outcome.outcome == "already_cancelled"
+    assert len(waits) == 2, "one slot per request, not per attempt"
+    assert pace.wait() == pytest.approx(2 * pace.interval)
+
+
+async def test_an_account_without_a_limit_keeps_its_transport() -> None:
+    inner = httpx.MockTransport(lambda request: httpx.Response(204))
+    assert paced(inner, None) is inner
+    transport = paced(inner, Pace(200))
+    assert isinstance(transport, PacedTransport)
+    await transport.aclose()

@@ -24,7 +24,7 @@ from consumer.kafka.memory import (
     memory_clients,
     run_until,
 )
-from consumer.observability.metrics import Metrics
+from consumer.observability.metrics import AccountPressure, Metrics
 from consumer.observability.ops_http import add_ops_routes, serve_ops
 from consumer.observability.telemetry import build_meter_provider
 from tests.providers.provider_fakes import FakeApi, reply
@@ -48,6 +48,9 @@ class FakeProcessor:
 
     def readiness(self) -> tuple[bool, str]:
         return self.ready
+
+    def back_pressure(self) -> Mapping[str, AccountPressure]:
+        return {"shipstation": AccountPressure(2, 30.0, circuit_state=2, pace_per_minute=100.0)}
 
 
 @pytest.fixture

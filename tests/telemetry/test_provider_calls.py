@@ -15,9 +15,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from consumer import app
 from consumer.config import Settings, settings_from_mapping
-from consumer.core.canceller import Canceller, ProviderAccount
-from consumer.core.events import CancelFailed, OrderCancelled, ResultEvent, ShipmentCancelled
+from consumer.core.canceller import Canceller, ProviderAccount, Settled
+from consumer.core.events import CancelFailed, OrderCancelled, ShipmentCancelled
 from consumer.core.examples import order_cancelled_example
+from consumer.core.parking import ParkedShipment
 from consumer.core.pipeline import TraceRef
 from consumer.core.retry import AccountGate, RetryPolicy
 from consumer.providers.client import TransportClient
@@ -96,7 +97,7 @@ EVENT_SPAN = "process orders.cancelled"
 
 async def cancel_in_event(
     cancel: Canceller, telemetry: Telemetry, event: OrderCancelled
-) -> list[ResultEvent]:
+) -> list[Settled]:
     """As the runner calls it: inside the event's span, which with one shipment is the
     shipment's span too."""
     with telemetry.tracer.start_as_current_span(EVENT_SPAN):
@@ -240,8 +241,14 @@ async def test_a_transport_failure_names_the_exception(
     [result] = await cancel_in_event(
         canceller(telemetry, client), telemetry, order(("ss-main", "se-2"))
     )
-    assert isinstance(result, CancelFailed)
-    assert result.error.category == "network"
+    # Transient: parked for a later round, with the error that parked it.
+    assert isinstance(result, ParkedShipment)
+    assert result.last_error is not None
+    assert result.last_error.category == "network"
+    parked_events = [e for e in telemetry.one(EVENT_SPAN).events if e.name == "parked"]
+    assert [(e.attributes or {}).get("cancel.park.reason") for e in parked_events] == [
+        "transient_failure"
+    ]
     calls = telemetry.kind(SpanKind.CLIENT)
     assert len(calls) == 4  # every attempt of the retry budget
     for call in calls:
@@ -289,8 +296,9 @@ async def test_a_call_cut_off_by_the_budget_is_cancelled_not_timed(
     api.on("PUT", "/v2/shipments/se-8/cancel", reply(204))
     cancel = canceller(telemetry, client, budget_seconds=0.2)
     [result] = await cancel.cancel_order(order(("ss-main", "se-8")), TRACE)
-    assert isinstance(result, CancelFailed)
-    assert result.error.category == "timeout"
+    assert isinstance(result, ParkedShipment)
+    assert result.last_error is not None
+    assert result.last_error.category == "timeout"
 
     [call] = telemetry.kind(SpanKind.CLIENT)
     assert call.attributes is not None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from bench import inprocess, load, run
+from bench import burst, inprocess, load, run
 from consumer.config import settings_from_mapping
 
 
@@ -120,3 +120,97 @@ async def test_the_in_process_run_handles_every_event_and_reports_cpu_per_event(
 
     # run_until returned only once every event had its result; the figure is per event.
     assert 0 < per_event < 0.1
+
+
+def test_a_rate_limit_override_changes_only_the_named_account(tmp_path: Path) -> None:
+    kafka = load.Topics("t").kafka("127.0.0.1:9092")
+    plain = run.write_config(tmp_path / "plain.toml", kafka, "http://127.0.0.1:1", 0)
+    paced = run.write_config(
+        tmp_path / "paced.toml", kafka, "http://127.0.0.1:1", 0, rate_limits={"shipstation": 600}
+    )
+
+    before = tomllib.loads(plain.read_text())
+    after = tomllib.loads(paced.read_text())
+    settings = settings_from_mapping(after, {})
+
+    assert settings.providers["shipstation"].rate_limit_per_minute == 600
+    assert settings.kafka.retry_topic == kafka.retry_topic
+    assert after["providers"]["mvmnt"] == before["providers"]["mvmnt"]
+    assert {**after["providers"]["shipstation"], "rate_limit_per_minute": 6_000_000} == before[
+        "providers"
+    ]["shipstation"]
+
+
+def test_the_busiest_minute_is_a_half_open_sliding_window() -> None:
+    # 0 and 60 are a minute apart: never in one window. 30..89 hold 4.
+    assert burst.busiest_minute([100.0, 130.0, 159.9, 160.0, 189.0]) == (4, 30.0)
+    assert burst.busiest_minute([0.0, 60.0, 120.0]) == (1, 0.0)
+    assert burst.busiest_minute([]) == (0, 0.0)
+
+
+def burst_row(**changes: object) -> dict[str, object]:
+    # 4 ShipStation events at t=0, the last result 0.4 s later; 1 cancel-failed.
+    sent = {f"s{n}": 0.0 for n in range(4)}
+    quiet = {"q0": 0.0, "q1": 0.0}
+    during = {"d0": 100.0}
+    results = load.Results(
+        at={
+            "s0": [100.0],
+            "s1": [200.0, 250.0],
+            "s2": [300.0],
+            "s3": [400.0],
+            "q0": [10.0],
+            "q1": [20.0],
+            "d0": [1200.0],
+        },
+        failed_events={"s3"},
+    )
+
+    row = burst.figures(
+        sent, quiet, during, results, parks={"account_busy": 3}, calls=[0.0, 0.1, 0.2]
+    )
+    return {**row, **changes}
+
+
+def test_the_burst_figures_come_from_input_and_result_times() -> None:
+    row = burst_row()
+
+    assert row["clear_seconds"] == 0.4
+    assert row["ideal_seconds"] == 0.4  # 4 calls at 600 a minute
+    assert row["clear_vs_ideal"] == 1.0
+    assert (row["cancelled"], row["cancel_failed"], row["cancelled_share"]) == (3, 1, 0.75)
+    assert row["duplicates"] == 1
+    assert (row["parks"], row["busiest_minute_calls"]) == (3, 3)
+    assert (row["mvmnt_unloaded_p99_ms"], row["mvmnt_burst_p99_ms"]) == (20.0, 1100.0)
+    assert row["mvmnt_p99_increase_ms"] == 1080.0
+
+
+def test_every_missed_burst_target_is_reported_and_in_the_table() -> None:
+    met = burst_row(cancelled=4, cancel_failed=0, cancelled_share=1.0, mvmnt_p99_increase_ms=5.0)
+    results = {**results_with(1600.0, 20.0), "rate_limited_burst": met}
+
+    assert run.verdicts(results) == []
+    assert run.table(results).splitlines()[-1] == (
+        "| shipstation at 600/min, mvmnt at 20/s | 4 | 0.4 | 0.4 | 1.000 | 100.0% | 3 | 3 "
+        "| 20.0 | 1100.0 |"
+    )
+
+    missed = burst_row(clear_vs_ideal=1.2, busiest_minute_calls=601)
+    misses = run.verdicts({**results_with(1600.0, 20.0), "rate_limited_burst": missed})
+
+    assert len(misses) == 4
+    assert any("1.2x the ideal" in miss for miss in misses)
+    assert any("3 of 4 shipstation shipments cancelled (1 cancel-failed)" in m for m in misses)
+    assert any("more than 1000 ms slower" in miss for miss in misses)
+    assert any("601 shipstation calls in one minute" in miss for miss in misses)
+
+
+def test_a_burst_with_events_never_answered_has_no_clear_time_and_is_a_miss() -> None:
+    sent = {"s0": 0.0, "s1": 0.0}
+    results = load.Results(at={"s0": [100.0]})
+
+    row = burst.figures(sent, {}, {}, results, parks={}, calls=[])
+
+    assert (row["missing"], row["clear_seconds"], row["clear_vs_ideal"]) == (1, None, None)
+    assert "1 of 2 shipstation events without a result" in burst.misses(row)[0]
+    assert "| - | 0.2 | - |" in burst.table(row)

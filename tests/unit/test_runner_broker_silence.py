@@ -49,10 +49,11 @@ class SilentProducer(MemoryProducer):
         topic: str,
         value: bytes | None = None,
         key: bytes | None = None,
+        partition: int | None = None,
         *,
         headers: Headers | None = None,
     ) -> asyncio.Future[RecordMetadata]:
-        taken = await super().send(topic, value, key, headers=headers)
+        taken = await super().send(topic, value, key, partition, headers=headers)
         pending: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         self._unanswered.append((pending, taken.result()))
         return pending

@@ -193,7 +193,7 @@ def test_cancel_failed_schema_keeps_error_details_and_categories() -> None:
 # --- AsyncAPI ---------------------------------------------------------------------------------
 
 
-def test_asyncapi_describes_the_four_topics() -> None:
+def test_asyncapi_describes_the_five_topics() -> None:
     document = asyncapi_document()
     assert document["asyncapi"] == "3.0.0"
     channels = document["channels"]
@@ -204,20 +204,24 @@ def test_asyncapi_describes_the_four_topics() -> None:
         "shipments.cancelled",
         "shipments.cancel-failed",
         "orders.cancelled.dlq",
+        "orders.cancelled.retry",
     }
 
 
 def test_asyncapi_operations_receive_input_and_send_results() -> None:
     document: Any = asyncapi_document()
-    actions = {}
+    actions = set()
     for operation in document["operations"].values():
         channel_id = operation["channel"]["$ref"].removeprefix("#/channels/")
-        actions[document["channels"][channel_id]["address"]] = operation["action"]
+        actions.add((document["channels"][channel_id]["address"], operation["action"]))
     assert actions == {
-        "orders.cancelled": "receive",
-        "shipments.cancelled": "send",
-        "shipments.cancel-failed": "send",
-        "orders.cancelled.dlq": "send",
+        ("orders.cancelled", "receive"),
+        ("shipments.cancelled", "send"),
+        ("shipments.cancel-failed", "send"),
+        ("orders.cancelled.dlq", "send"),
+        # The processor parks shipments in the retry topic and reads them back itself.
+        ("orders.cancelled.retry", "send"),
+        ("orders.cancelled.retry", "receive"),
     }
 
 
@@ -245,12 +249,18 @@ def test_asyncapi_payloads_are_the_generated_json_schemas() -> None:
         "shipment.cancelled": "./shipment.cancelled.v1.json",
         "shipment.cancel_failed": "./shipment.cancel_failed.v1.json",
         "order.cancelled.dead_letter": None,
+        "shipment.cancel_retry": "./shipment.cancel_retry.v1.json",
     }
 
 
 def test_asyncapi_record_key_is_the_order_id() -> None:
     messages: Any = asyncapi_document()["components"]
-    for message_id in ("orderCancelled", "shipmentCancelled", "shipmentCancelFailed"):
+    for message_id in (
+        "orderCancelled",
+        "shipmentCancelled",
+        "shipmentCancelFailed",
+        "cancelRetry",
+    ):
         key = messages["messages"][message_id]["bindings"]["kafka"]["key"]
         assert key["type"] == "string"
         assert "order_id" in key["description"]

@@ -1,0 +1,201 @@
+"""The pace of one provider account: when its next HTTP request may go, and how that adapts.
+
+A schedule, not a bucket one waits on blindly: every request books the next free slot
+(GCRA, the generic cell rate algorithm) as it is about to be sent, so the account knows at
+any moment how long a new request would wait. That lets the canceller park a shipment
+instead of queueing it for minutes, and book slots ahead for the shipments it parks.
+A shipment admitted now holds a ``Ticket``: counted in that wait until its first request
+books its slot, so shipments admitted together never overbook the account, and no slot is
+booked before its request can go (a slot booked early and used late would bunch requests
+up when the event loop is busy).
+
+Slots are spaced so that no sliding minute holds more than the configured limit: a burst of
+``burst`` requests at once, then one every ``60 / (limit - burst)`` seconds.
+
+The pace adapts (AIMD): a 429 the provider sends although we kept to our pace means its real
+limit is lower. The pace halves (at most once per ``_DECREASE_EVERY_SECONDS``), every slot
+waits for the ``Retry-After``, and a ceiling of 90 % of the pace that drew the 429 stops the
+climb back short of it. When we were sending near our pace (over the last minute, or since
+we started sending if that is less), the requests the provider took in that time are a
+measure of its real limit: the ceiling and the pace go at once to 90 % of that instead,
+rather than halving again and again. Each successful
+request then adds back a little, ``_CLIMB_SHARE`` of the limit per minute of successes;
+after ``_CEILING_RESET_SECONDS`` without a 429 the ceiling is lifted again to find out
+whether the provider raised its limit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+_DECREASE_EVERY_SECONDS = 5.0
+_CEILING_SHARE = 0.9
+_CLIMB_SHARE = 0.1
+_CEILING_RESET_SECONDS = 600.0
+# Below this a provider is better served by the circuit breaker than by pacing.
+_FLOOR_PER_MINUTE = 1.0
+# The last minute's accepted requests measure the provider's limit only when we sent at
+# least this share of what our pace allowed: a 429 after a quiet minute (another client of
+# the same account) says nothing of how many we may send.
+_MEASURED_SHARE = 0.5
+_MINUTE = 60.0
+
+
+class Pace:
+    def __init__(self, limit_per_minute: float, clock: Callable[[], float] = time.monotonic):
+        self._limit = limit_per_minute
+        self._clock = clock
+        self._per_minute = limit_per_minute
+        self._ceiling = limit_per_minute
+        # Theoretical arrival time of the next request (GCRA): the schedule's tail.
+        self._tat = 0.0
+        # The tail of the slots booked for parked shipments, ahead of the real schedule.
+        self._parked_tat = 0.0
+        self._last_change = clock()
+        self._last_decrease = -_DECREASE_EVERY_SECONDS
+        self._last_throttled = -_CEILING_RESET_SECONDS
+        # Tickets handed out and not yet used or returned.
+        self._admitted = 0
+        self._epoch = 0
+        # When the provider took our requests, over the last minute.
+        self._accepted: deque[float] = deque()
+        self._interval = 0.0
+        self._tolerance = 0.0
+        self._space(limit_per_minute)
+
+    @property
+    def limit_per_minute(self) -> float:
+        return self._limit
+
+    @property
+    def per_minute(self) -> float:
+        """The pace now: at most the configured limit, less after the provider's 429s."""
+        return self._per_minute
+
+    @property
+    def burst(self) -> float:
+        """Requests that may go at once after a quiet spell, at the current pace."""
+        return self._tolerance / self._interval + 1
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two slots at the current pace."""
+        return self._interval
+
+    def wait(self) -> float:
+        """How long a request booked now, after the admitted ones, would wait for its slot."""
+        now = self._clock()
+        tail = max(self._tat, now) + self._admitted * self._interval
+        return max(0.0, tail - self._tolerance - now)
+
+    def admit(self) -> Ticket:
+        """A shipment admitted: its first request is counted in ``wait`` until it books."""
+        self._admitted += 1
+        return Ticket(self)
+
+    def book(self) -> float:
+        """Book the next slot; the ``time.monotonic()`` (of the clock) it may go at."""
+        now = self._clock()
+        start = max(now, max(self._tat, now) - self._tolerance)
+        self._tat = max(self._tat, now) + self._interval
+        return start
+
+    def book_parked(self, lead_seconds: float) -> float:
+        """A slot for a shipment parked because the schedule is full: the clock time it
+        should come back at, ``lead_seconds`` before its turn so that it is ready then.
+
+        Parked shipments get consecutive slots after the schedule's tail, so a backlog
+        comes back at the pace it can be served, not all at once.
+        """
+        now = self._clock()
+        tail = max(self._tat, now) + self._admitted * self._interval
+        self._parked_tat = max(self._parked_tat, tail) + self._interval
+        return max(now, self._parked_tat - lead_seconds)
+
+    @property
+    def epoch(self) -> int:
+        """Changes whenever the provider refuses a request: slots booked before it are void
+        (a request waiting for one books again)."""
+        return self._epoch
+
+    def throttled(self, retry_after: float | None) -> None:
+        """The provider answered 429 to a request sent on our pace."""
+        now = self._clock()
+        self._epoch += 1
+        self._last_throttled = now
+        if retry_after is not None and retry_after > 0:
+            # Every slot waits: the provider refuses the account, not just this request.
+            self._tat = max(self._tat, now + retry_after + self._tolerance)
+        if now - self._last_decrease < _DECREASE_EVERY_SECONDS:
+            return  # the requests that were already on their way when the first 429 came
+        self._last_decrease = now
+        accepted = self._accepted_in_last_minute(now)
+        if accepted and accepted >= self._sendable(now) * _MEASURED_SHARE:
+            # The provider took this many in its minute (or in the part of it we were
+            # sending) before it refused: that is its limit; go just below it.
+            self._ceiling = max(_FLOOR_PER_MINUTE, min(self._per_minute, accepted) * _CEILING_SHARE)
+            self._set(self._ceiling, now)
+            return
+        self._ceiling = max(_FLOOR_PER_MINUTE, self._per_minute * _CEILING_SHARE)
+        self._set(max(_FLOOR_PER_MINUTE, self._per_minute / 2), now)
+
+    def succeeded(self) -> None:
+        """The provider answered a request without refusing it for its rate."""
+        now = self._clock()
+        self._accepted.append(now)
+        self._accepted_in_last_minute(now)  # keeps the record a minute long
+        if self._ceiling < self._limit and now - self._last_throttled >= _CEILING_RESET_SECONDS:
+            self._ceiling = self._limit
+            self._last_change = now  # the climb starts now, from where the pace is
+        if self._per_minute >= self._ceiling:
+            self._last_change = now  # time spent at the ceiling is no climb
+            return
+        climbed = self._limit * _CLIMB_SHARE * (now - self._last_change) / 60
+        self._set(min(self._ceiling, self._per_minute + climbed), now)
+
+    def _sendable(self, now: float) -> float:
+        """What our pace allowed since the oldest request of the last minute we know of."""
+        span = min(_MINUTE, now - self._accepted[0]) if self._accepted else 0.0
+        return self._per_minute * span / _MINUTE
+
+    def _accepted_in_last_minute(self, now: float) -> int:
+        accepted = self._accepted
+        while accepted and now - accepted[0] > _MINUTE:
+            accepted.popleft()
+        return len(accepted)
+
+    def _set(self, per_minute: float, now: float) -> None:
+        self._per_minute = per_minute
+        self._last_change = now
+        self._space(per_minute)
+
+    def _space(self, per_minute: float) -> None:
+        # A burst of B requests plus one every T seconds puts B + 60/T requests into any
+        # minute: T = 60 / (limit - B) keeps that at the limit.
+        burst = max(1.0, per_minute / 60)
+        self._interval = 60 / max(per_minute - burst, per_minute / 2)
+        self._tolerance = (burst - 1) * self._interval
+
+
+class Ticket:
+    """An admitted shipment's claim on its account's pace, used by its first request."""
+
+    __slots__ = ("_pace",)
+
+    def __init__(self, pace: Pace) -> None:
+        self._pace: Pace | None = pace
+
+    def book(self) -> float:
+        """Book the slot now (once); ``Pace.book``'s answer."""
+        pace = self._pace
+        assert pace is not None, "a ticket books one slot"
+        self.release()
+        return pace.book()
+
+    def release(self) -> None:
+        """Give the claim back unused (the attempt made no request); idempotent."""
+        if self._pace is not None:
+            self._pace._admitted -= 1
+            self._pace = None
