@@ -4,9 +4,11 @@
   input record without its DLQ copy;
 - **duplicates**: result records beyond the first per result event_id, plus DLQ copies
   beyond the first per source record;
-- **order violations**: within one order, a result of a later input event that appeared
-  before a result of an earlier one (first appearances; same partition of the same topic
-  compares offsets, otherwise broker timestamps);
+- **order violations**: for one shipment, a result of a later input event that appeared
+  before the result of an earlier one; and within an order none of whose shipments was ever
+  parked, a result of a later event before one of an earlier event (a parked shipment lets
+  the order's other shipments go ahead: that is the point of parking). First appearances;
+  same partition of the same topic compares offsets, otherwise broker timestamps;
 - **committed offsets** must equal one past the last offset produced to each partition;
 - **provider calls** per shipment, as the simulator counted them;
 - **id mismatches**: results whose event_id is not the uuid5 of their source event,
@@ -39,6 +41,8 @@ class Report:
     max_calls_per_shipment: int
     committed_equals_end: bool
     id_mismatches: int = 0
+    # Shipments parked in the retry topic (each park counted once per record).
+    parks: int = 0
     wall_seconds: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
     # Evidence, not printed in the table.
@@ -103,19 +107,29 @@ def check(
         headers = dict(record.headers)
         dlq_counts[(int(headers["dlq-source-partition"]), int(headers["dlq-source-offset"]))] += 1
 
+    parked_orders = {
+        str(orjson.loads(record.value)["event"]["order_id"])
+        for record in reader.parks
+        if record.value is not None
+    }
     lost: list[str] = []
     by_order: dict[str, list[list[str]]] = defaultdict(list)
+    by_shipment: dict[tuple[str, str], list[list[str]]] = defaultdict(list)
     for record in sorted(sent, key=lambda r: (r.partition, r.offset)):
         if record.event is None:
             if dlq_counts[(record.partition, record.offset)] == 0:
                 lost.append(f"dlq:{record.partition}:{record.offset}")
             continue
-        ids = [rid for rid, _, _ in expected_results(record)]
+        wanted = expected_results(record)
+        ids = [rid for rid, _, _ in wanted]
         lost += [rid for rid in ids if rid not in counts]
-        by_order[str(record.event["order_id"])].append(ids)
+        if str(record.event["order_id"]) not in parked_orders:
+            by_order[str(record.event["order_id"])].append(ids)
+        for rid, provider, shipment_id in wanted:
+            by_shipment[(provider, shipment_id)].append([rid])
 
     violations = 0
-    for events in by_order.values():
+    for events in [*by_order.values(), *by_shipment.values()]:
         for earlier, later in pairwise(events):
             seen_earlier = [first_seen[rid] for rid in earlier if rid in first_seen]
             seen_later = [first_seen[rid] for rid in later if rid in first_seen]
@@ -139,6 +153,7 @@ def check(
         max_calls_per_shipment=max(cancel_calls.values(), default=0),
         committed_equals_end=all(committed.get(p) == end for p, end in ends.items()),
         id_mismatches=mismatches,
+        parks=len(reader.parks),
         lost_ids=lost,
         duplicate_ids=duplicate_ids,
         committed=dict(committed),

@@ -127,6 +127,7 @@ _COLUMNS = (
     ("order_violations", "order viol.", 11),
     ("provider_calls", "provider calls", 14),
     ("max_calls_per_shipment", "max/shipment", 12),
+    ("parks", "parks", 6),
     ("wall_seconds", "wall s", 7),
 )
 

@@ -263,6 +263,21 @@ class SimulatorProcess(Process):
         requests: list[dict[str, Any]] = response.json()["requests"]
         return requests
 
+    async def set_account_mode(self, provider: str, **mode: Any) -> dict[str, Any]:
+        """``PUT /_admin/accounts/{provider}``: rate limit, latency, outage."""
+        response = await self._http.put(f"/accounts/{provider}", json=mode)
+        response.raise_for_status()
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    async def calls(self, provider: str | None = None) -> list[dict[str, Any]]:
+        """Every provider call so far (``at``, ``path``, ``status``; None: not answered)."""
+        params = {"provider": provider} if provider else {}
+        response = await self._http.get("/calls", params=params)
+        response.raise_for_status()
+        calls: list[dict[str, Any]] = response.json()["calls"]
+        return calls
+
     async def cancel_calls(self) -> dict[tuple[str, str], int]:
         stats = await self.stats()
         return {
@@ -324,6 +339,7 @@ class Topology:
             "cancelled_topic": f"shipments.cancelled.{self.run}",
             "failed_topic": f"shipments.cancel-failed.{self.run}",
             "dlq_topic": f"orders.cancelled.dlq.{self.run}",
+            "retry_topic": f"orders.cancelled.retry.{self.run}",
             "session_timeout_ms": 6000,
             "heartbeat_interval_ms": 1000,
             "commit_interval_seconds": 0.2,
@@ -423,19 +439,21 @@ async def produce_steadily(
 
 
 class OutputReader:
-    """Reads the result and DLQ topics from the beginning, keeps everything it saw."""
+    """Reads the result, DLQ and retry topics from the beginning, keeps everything it saw."""
 
     def __init__(self, settings: Settings) -> None:
         self.kafka = settings.kafka
         self.results: list[Record] = []
         self.dead_letters: list[Record] = []
+        self.parks: list[Record] = []
         self._consumer = AIOKafkaConsumer(
             **client_options(self.kafka), enable_auto_commit=False, fetch_max_wait_ms=100
         )
 
     async def __aenter__(self) -> OutputReader:
         await self._consumer.start()
-        topics = [self.kafka.cancelled_topic, self.kafka.failed_topic, self.kafka.dlq_topic]
+        kafka = self.kafka
+        topics = [kafka.cancelled_topic, kafka.failed_topic, kafka.dlq_topic, kafka.retry_topic]
         partitions = await topic_partitions(self.kafka, topics)
         self._consumer.assign(partitions)
         await self._consumer.seek_to_beginning(*partitions)
@@ -453,8 +471,12 @@ class OutputReader:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms)
         count = 0
         for tp, records in batches.items():
-            target = self.dead_letters if tp.topic == self.kafka.dlq_topic else self.results
-            target.extend(records)
+            if tp.topic == self.kafka.dlq_topic:
+                self.dead_letters.extend(records)
+            elif tp.topic == self.kafka.retry_topic:
+                self.parks.extend(records)
+            else:
+                self.results.extend(records)
             count += len(records)
         return count
 

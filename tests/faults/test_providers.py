@@ -1,4 +1,6 @@
-"""Scenarios 6-7: a provider that rate-limits and fails in bursts, and one that hangs."""
+"""Scenarios 6-7: a provider that rate-limits and fails in bursts, and one that hangs: both
+end in results without a manual step (parked and retried; a hang fails only past the
+horizon)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer.providers.ratelimit import token_bucket
+from consumer.core.pacing import Pace
 from tests.faults.conftest import FaultEnv
 from tests.faults.harness import Input, OutputReader, cluster_for, produce, result_ids
 from tests.faults.streams import expected_ids, single
@@ -25,11 +27,11 @@ JITTER_SECONDS = 0.25
 
 
 def window_excess(times: list[float], rate_per_minute: float) -> list[str]:
-    """Every sliding window [t_i, t_j] of requests against the token bucket's bound:
-    at most its burst plus the refill over the window (so never more than the rate in any
+    """Every sliding window [t_i, t_j] of requests against the pace's bound: at most its
+    burst plus one slot per interval over the window (so never more than the rate in any
     60 s). Returns the windows that exceed it."""
-    limiter = token_bucket(rate_per_minute)
-    burst, refill_per_second = limiter.max_rate, limiter.max_rate / limiter.time_period
+    pace = Pace(rate_per_minute)
+    burst, refill_per_second = pace.burst, 1 / pace.interval
     excess = []
     times = sorted(times)
     for i, start in enumerate(times):
@@ -67,6 +69,8 @@ async def test_6_rate_limits_retry_after_and_503_bursts(faults: FaultEnv) -> Non
                         "max_attempts": 4,
                         "budget_seconds": 15,
                         "backoff_initial_seconds": 0.2,
+                        # Short steps: the shipments failing 9 times get there in seconds.
+                        "schedule_seconds": [1, 2, 4],
                     }
                 }
             },
@@ -113,13 +117,11 @@ async def test_6_rate_limits_retry_after_and_503_bursts(faults: FaultEnv) -> Non
             if refused["status"] == 429:
                 assert after["at"] - refused["at"] >= 0.99, (shipment, refused, after)
     results = {v["shipment_id"]: v for v in reader.result_values()}
-    for result in results.values():
-        if "error" in result:
-            assert result["error"]["retryable"] is True, result
-            assert result["error"]["category"] in ("rate_limited", "unavailable"), result
+    # Failing longer than a round of attempts is a delay, not a failure: parked, retried.
+    assert [r for r in results.values() if "error" in r] == []
     for word in ("flaky9", "ratelimit9"):
         for i in range(kinds[word]):
-            assert "error" in results[f"se-{word}-{i}"], f"se-{word}-{i} cannot succeed"
+            assert results[f"se-{word}-{i}"]["attempts"] == 10, results[f"se-{word}-{i}"]
     # Other orders kept flowing: MVMNT was done long before the throttled account.
     by_provider: dict[str, list[int]] = defaultdict(list)
     for record in reader.results:
@@ -135,13 +137,14 @@ async def test_6_rate_limits_retry_after_and_503_bursts(faults: FaultEnv) -> Non
         shipstation_seconds=round((max(ss_times) - min(ss_times)), 1),
         mvmnt_done_seconds=round(mvmnt_done / 1000, 1),
         shipstation_done_seconds=round(shipstation_done / 1000, 1),
-        failed_retryable=sum("error" in r for r in results.values()),
+        parks=len(reader.parks),
     )
 
 
 async def test_7_a_hanging_provider_is_time_boxed(faults: FaultEnv) -> None:
     sim = faults.simulator(latency_ms=10)
     budget = 6.0
+    horizon_hours = 0.003
     async with sim:
         config = faults.config(
             sim,
@@ -154,7 +157,13 @@ async def test_7_a_hanging_provider_is_time_boxed(faults: FaultEnv) -> None:
                         "budget_seconds": budget,
                         "backoff_initial_seconds": 0.2,
                         "backoff_max_seconds": 0.5,
-                    }
+                        # A hang is retried in rounds until the horizon, then it fails.
+                        "schedule_seconds": [1],
+                        "horizon_hours": horizon_hours,
+                    },
+                    # Three hanging shipments are not an outage of the account: keep the
+                    # circuit out of this scenario (scenario 15 has the outage).
+                    "breaker": {"failure_threshold": 1000},
                 },
             },
         )
@@ -195,7 +204,9 @@ async def test_7_a_hanging_provider_is_time_boxed(faults: FaultEnv) -> None:
             assert value["error"]["category"] == "timeout", value
             assert value["error"]["retryable"] is True
             took = record.timestamp / 1000 - first_call[value["shipment_id"]]
-            assert took <= budget + 1.5, f"{value['shipment_id']} took {took:.1f}s"
+            # Rounds until the horizon (counted from the first park), then one more.
+            limit = horizon_hours * 3600 + 2 * budget + 1.5
+            assert took <= limit, f"{value['shipment_id']} took {took:.1f}s"
         else:
             assert value["outcome"] == "cancelled", value
             slowest_other = max(slowest_other, record.timestamp - started_ms)
@@ -205,6 +216,7 @@ async def test_7_a_hanging_provider_is_time_boxed(faults: FaultEnv) -> None:
             assert all(call["status"] is None for call in calls)
             gaps = [b["at"] - a["at"] for a, b in pairwise(calls)]
             assert len(calls) >= 2
-            assert all(0.99 <= gap <= 2.5 for gap in gaps), gaps
+            # Within a round a backoff; between rounds the 1 s park (±10 %) and its hold.
+            assert all(0.99 <= gap <= 3.0 for gap in gaps), gaps
     assert slowest_other < 5000, f"other orders waited {slowest_other:.0f} ms"
     report.notes["slowest_other_ms"] = round(slowest_other)

@@ -203,6 +203,7 @@ async def test_11_kafka_over_tls_and_sasl_and_refused_logins(faults: FaultEnv) -
                 PROCESSOR,
                 group=kafka.group_id,
                 input_topic=kafka.input_topic,
+                retry_topic=kafka.retry_topic,
                 output_topics=outputs,
             )
         )
