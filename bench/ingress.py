@@ -206,6 +206,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             cancelled_topic=f"shipments.cancelled.ingress-bench.{tag}",
             failed_topic=f"shipments.cancel-failed.ingress-bench.{tag}",
             dlq_topic=f"orders.cancelled.dlq.ingress-bench.{tag}",
+            retry_topic=f"orders.cancelled.retry.ingress-bench.{tag}",
         )
         await ensure_topics(kafka, partitions=PARTITIONS)
         port = free_port()

@@ -8,6 +8,7 @@ import gc
 import itertools
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
@@ -37,6 +38,7 @@ class Topics:
             cancelled_topic=f"shipments.cancelled.{self.tag}",
             failed_topic=f"shipments.cancel-failed.{self.tag}",
             dlq_topic=f"orders.cancelled.dlq.{self.tag}",
+            retry_topic=f"orders.cancelled.retry.{self.tag}",
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
         )
@@ -46,10 +48,12 @@ async def create_topics(kafka: KafkaSettings) -> None:
     await ensure_topics(kafka, partitions=PARTITIONS)
 
 
-def events(count: int, orders: int, prefix: str) -> Iterator[tuple[bytes, bytes, str]]:
+def events(
+    count: int, orders: int, prefix: str, providers: tuple[str, ...] = PROVIDERS
+) -> Iterator[tuple[bytes, bytes, str]]:
     """``count`` order-cancelled events over ``orders`` orders: (key, value, event_id).
 
-    One shipment each, providers alternating, every shipment id new (a plain 204/200
+    One shipment each, ``providers`` taking turns, every shipment id new (a plain 204/200
     cancel). Orders take turns (round r holds event r of every order), as cancellations of
     many orders arrive interleaved; events of one order still share a key and a partition.
     """
@@ -57,7 +61,7 @@ def events(count: int, orders: int, prefix: str) -> Iterator[tuple[bytes, bytes,
         order = n % orders
         event_id = str(uuid.uuid4())
         order_id = f"SO-{prefix}-{order}"
-        provider = PROVIDERS[n % len(PROVIDERS)]
+        provider = providers[n % len(providers)]
         shipment = f"{'se' if provider == 'shipstation' else 'SHP'}-{prefix}-{n}"
         value = orjson.dumps(
             order_cancelled_example(
@@ -109,14 +113,20 @@ async def producer(kafka: KafkaSettings, linger_ms: int = 5) -> AsyncIterator[AI
 
 
 async def preload(
-    kafka: KafkaSettings, count: int, orders: int, prefix: str, *, keep: bool = True
+    kafka: KafkaSettings,
+    count: int,
+    orders: int,
+    prefix: str,
+    *,
+    keep: bool = True,
+    providers: tuple[str, ...] = PROVIDERS,
 ) -> dict[str, float]:
     """Produce ``count`` events as fast as acks allow; returns event_id -> produce time (ms),
     or nothing when ``keep`` is false (a million ids are a lot of memory for nothing)."""
     sent: dict[str, float] = {}
     async with producer(kafka) as client:
         pending: list[asyncio.Future[object]] = []
-        for key, value, event_id in events(count, orders, prefix):
+        for key, value, event_id in events(count, orders, prefix, providers):
             if keep:
                 sent[event_id] = time.time() * 1000
             pending.append(await send_event(client, kafka, key, value))
@@ -128,9 +138,17 @@ async def preload(
 
 
 async def paced(
-    kafka: KafkaSettings, rate: float, seconds: float, orders: int, prefix: str
+    kafka: KafkaSettings,
+    rate: float,
+    seconds: float,
+    orders: int,
+    prefix: str,
+    *,
+    providers: tuple[str, ...] = PROVIDERS,
+    until: asyncio.Event | None = None,
 ) -> dict[str, float]:
-    """Produce at ``rate`` events per second for ``seconds``; returns event_id -> send time."""
+    """Produce at ``rate`` events per second for ``seconds``, or until ``until`` is set if
+    that comes first; returns event_id -> send time."""
     sent: dict[str, float] = {}
     total = int(rate * seconds)
     pending: list[asyncio.Future[object]] = []
@@ -139,10 +157,10 @@ async def paced(
     # needs (two cores for all of them).
     # An event's input time is taken when it is sent, so the tick adds nothing to latency.
     tick = 0.02
-    due = iter(events(total, orders, prefix))
+    due = iter(events(total, orders, prefix, providers))
     async with producer(kafka, linger_ms=0) as client, driver_collector_off():
         start = time.monotonic()
-        while len(sent) < total:
+        while len(sent) < total and not (until is not None and until.is_set()):
             elapsed = time.monotonic() - start
             for key, value, event_id in itertools.islice(
                 due, min(total, int(elapsed * rate) + 1) - len(sent)
@@ -179,6 +197,8 @@ class Results:
 
     at: dict[str, list[float]] = field(default_factory=dict)
     failed: int = 0
+    # Source events with a cancel-failed result.
+    failed_events: set[str] = field(default_factory=set)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def count_of(self, event_ids: dict[str, float]) -> int:
@@ -241,9 +261,11 @@ class Collector:
                     source = dict(record.headers).get(h.SOURCE_EVENT_ID)
                     if source is None:
                         continue
-                    results.at.setdefault(source.decode(), []).append(float(record.timestamp))
+                    event_id = source.decode()
+                    results.at.setdefault(event_id, []).append(float(record.timestamp))
                     if tp.topic == failed_topic:
                         results.failed += 1
+                        results.failed_events.add(event_id)
             if batches:
                 results.arrived.set()
 
@@ -272,6 +294,44 @@ class Collector:
     async def wait_for(self, event_ids: dict[str, float], timeout: float) -> bool:
         """True once every event has a result; False when ``timeout`` passes first."""
         return await self.results.wait_for(event_ids, timeout)
+
+
+async def parks(kafka: KafkaSettings, timeout: float = 30.0) -> Counter[str]:
+    """The records in the retry topic now, by park reason (``?``: a record not read)."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+    )
+    partitions = [TopicPartition(kafka.retry_topic, p) for p in range(PARTITIONS)]
+    reasons: Counter[str] = Counter()
+    await reader.start()
+    try:
+        reader.assign(partitions)
+        await reader.seek_to_beginning(*partitions)
+        ends = await reader.end_offsets(partitions)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            positions = [await reader.position(tp) for tp in partitions]
+            if all(at >= ends[tp] for at, tp in zip(positions, partitions, strict=True)):
+                break
+            batches = await reader.getmany(timeout_ms=200, max_records=10_000)
+            for records in batches.values():
+                for record in records:
+                    reasons[_park_reason(record.value)] += 1
+        else:
+            raise RuntimeError(f"{kafka.retry_topic}: not read to its end in {timeout:.0f}s")
+    finally:
+        await reader.stop()
+    return reasons
+
+
+def _park_reason(value: bytes | None) -> str:
+    try:
+        reason = orjson.loads(value or b"")["reason"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "?"
+    return str(reason)
 
 
 async def broker_alone(

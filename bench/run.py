@@ -13,6 +13,11 @@ from the result topics: record timestamps are the producers' clocks, on this one
   (``bench.baseline``: consume one, call, produce, commit) runs on the same simulator.
 - ``two-processes``: two processors in one group drain a preloaded topic; every event must
   get exactly one result.
+- ``rate-limited-burst``: one processor, ShipStation paced at 600 calls a minute, MVMNT
+  unlimited. MVMNT events are offered at 20/s, alone and then all through the drain of a
+  burst of 2,000 ShipStation events: the burst must clear at the pace (within 5 % of
+  N / 600 minutes, every shipment cancelled, no minute at the simulator over 600 calls)
+  and MVMNT's p99 must stay within a second of its unloaded p99 (``bench.burst``).
 - ``backlog``: a million events waiting; the processor's RSS over a bounded run.
 """
 
@@ -39,7 +44,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from bench import broker, load, procs
+from bench import broker, burst, load, procs
 from consumer.config import KafkaSettings
 from consumer.tools.embedded_broker import free_port
 
@@ -57,7 +62,7 @@ TARGET_P99_OVERHEAD_MS = 25.0
 TARGET_PEAK_RSS_MB = 250.0
 
 LATENCIES = {"latency-0ms": 0, "latency-50ms": 50}
-SCENARIOS = (*LATENCIES, "broker-alone", "two-processes", "backlog")
+SCENARIOS = (*LATENCIES, "broker-alone", "two-processes", burst.NAME, "backlog")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,8 @@ class Plan:
     baseline_events: int
     backlog_events: int
     backlog_seconds: float
+    burst_events: int
+    burst_unloaded_seconds: float
     scenarios: tuple[str, ...] = SCENARIOS
     offered_rate: float = OFFERED_RATE
 
@@ -82,7 +89,9 @@ class Plan:
         if args.only:
             plan = dataclasses.replace(plan, scenarios=tuple(args.only))
         elif args.quick:
-            plan = dataclasses.replace(plan, scenarios=SCENARIOS[:-1])
+            plan = dataclasses.replace(
+                plan, scenarios=tuple(name for name in SCENARIOS if name != "backlog")
+            )
         return plan
 
     @classmethod
@@ -96,6 +105,8 @@ class Plan:
                 baseline_events=2000,
                 backlog_events=200_000,
                 backlog_seconds=15,
+                burst_events=600,
+                burst_unloaded_seconds=10,
             )
         return cls(
             events=20_000,
@@ -105,6 +116,8 @@ class Plan:
             baseline_events=5000,
             backlog_events=args.backlog_events,
             backlog_seconds=args.backlog_seconds,
+            burst_events=2000,
+            burst_unloaded_seconds=20,
         )
 
 
@@ -166,49 +179,53 @@ def write_config(
     simulator: str,
     ops_port: int,
     traces_exporter: str = "none",
+    *,
+    rate_limits: Mapping[str, int] | None = None,
 ) -> Path:
-    """A ``run`` config for the bench: high provider limits, short group timings."""
-    path.write_text(
-        to_toml(
-            {
-                "kafka": {
-                    "bootstrap_servers": kafka.bootstrap_servers,
-                    "group_id": kafka.group_id,
-                    "input_topic": kafka.input_topic,
-                    "cancelled_topic": kafka.cancelled_topic,
-                    "failed_topic": kafka.failed_topic,
-                    "dlq_topic": kafka.dlq_topic,
-                    "session_timeout_ms": kafka.session_timeout_ms,
-                    "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
-                    "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
-                },
-                "telemetry": {
-                    "traces_exporter": traces_exporter,
-                    "log_level": "INFO",
-                    "log_format": "json",
-                    "http_host": "127.0.0.1",
-                    "http_port": ops_port,
-                },
-                "providers.shipstation": {
-                    "kind": "shipstation",
-                    "base_url": f"{simulator}/shipstation",
-                    "api_key": "sim-shipstation-key",
-                    # The simulator has no limit; ShipStation's 200/min would be the bottleneck.
-                    "rate_limit_per_minute": 6_000_000,
-                    "max_concurrency": MAX_CONCURRENCY,
-                },
-                "providers.mvmnt": {
-                    "kind": "mvmnt",
-                    "base_url": f"{simulator}/mvmnt/v1",
-                    "token_url": f"{simulator}/mvmnt/oauth2/token",
-                    "client_id": "sim-mvmnt-client",
-                    "client_secret": "sim-mvmnt-secret",
-                    "max_concurrency": MAX_CONCURRENCY,
-                },
-            }
-        ),
-        encoding="utf-8",
-    )
+    """A ``run`` config for the bench: high provider limits, short group timings.
+
+    ``rate_limits``: calls per minute for the named accounts, in place of the bench's.
+    """
+    tables: dict[str, dict[str, Any]] = {
+        "kafka": {
+            "bootstrap_servers": kafka.bootstrap_servers,
+            "group_id": kafka.group_id,
+            "input_topic": kafka.input_topic,
+            "cancelled_topic": kafka.cancelled_topic,
+            "failed_topic": kafka.failed_topic,
+            "dlq_topic": kafka.dlq_topic,
+            "retry_topic": kafka.retry_topic,
+            "session_timeout_ms": kafka.session_timeout_ms,
+            "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+        },
+        "telemetry": {
+            "traces_exporter": traces_exporter,
+            "log_level": "INFO",
+            "log_format": "json",
+            "http_host": "127.0.0.1",
+            "http_port": ops_port,
+        },
+        "providers.shipstation": {
+            "kind": "shipstation",
+            "base_url": f"{simulator}/shipstation",
+            "api_key": "sim-shipstation-key",
+            # The simulator has no limit; ShipStation's 200/min would be the bottleneck.
+            "rate_limit_per_minute": 6_000_000,
+            "max_concurrency": MAX_CONCURRENCY,
+        },
+        "providers.mvmnt": {
+            "kind": "mvmnt",
+            "base_url": f"{simulator}/mvmnt/v1",
+            "token_url": f"{simulator}/mvmnt/oauth2/token",
+            "client_id": "sim-mvmnt-client",
+            "client_secret": "sim-mvmnt-secret",
+            "max_concurrency": MAX_CONCURRENCY,
+        },
+    }
+    for account, limit in (rate_limits or {}).items():
+        tables[f"providers.{account}"]["rate_limit_per_minute"] = limit
+    path.write_text(to_toml(tables), encoding="utf-8")
     return path
 
 
@@ -310,7 +327,13 @@ class Bench:
             with procs.simulator(latency_ms) as simulator:
                 yield bootstrap, simulator, sink
 
-    def start_processor(self, kafka: KafkaSettings, simulator: str, sink: TraceSink) -> Processor:
+    def start_processor(
+        self,
+        kafka: KafkaSettings,
+        simulator: str,
+        sink: TraceSink,
+        rate_limits: Mapping[str, int] | None = None,
+    ) -> Processor:
         name = f"{kafka.group_id}-{uuid.uuid4().hex[:6]}"
         ops_port = free_port()
         otlp = self.traces == "otlp"
@@ -320,6 +343,7 @@ class Bench:
             simulator,
             ops_port,
             traces_exporter="otlp" if otlp else "none",
+            rate_limits=rate_limits,
         )
         log = self.workdir / f"{name}.log"
         command = procs.cli("run", "--config", str(config))
@@ -505,6 +529,93 @@ class Bench:
             "peak_rss_mb": [round(p, 1) for p in peaks],
         }
 
+    async def rate_limited_burst(self) -> dict[str, Any]:
+        plan = self.plan
+        other = (burst.OTHER,)
+        events = plan.burst_events
+        print(
+            f"== {burst.NAME}: {events} {burst.PACED} events at "
+            f"{burst.RATE_LIMIT_PER_MINUTE}/min, {burst.OTHER} at {burst.OTHER_RATE:.0f}/s",
+            flush=True,
+        )
+        async with self.stage(0) as (bootstrap, simulator, sink):
+            kafka = load.Topics(f"{burst.NAME}-{uuid.uuid4().hex[:6]}").kafka(bootstrap)
+            await load.create_topics(kafka)
+            async with load.Collector(kafka) as collector:
+                processor = self.start_processor(
+                    kafka, simulator, sink, rate_limits={burst.PACED: burst.RATE_LIMIT_PER_MINUTE}
+                )
+                try:
+                    await processor.ready()
+                    # The other account's token and connections, before anything is timed.
+                    warm = await load.preload(kafka, 20, 20, "burst-warm", providers=other)
+                    if not await collector.wait_for(warm, timeout=60):
+                        raise RuntimeError(f"{burst.NAME}: no warm-up result, see {processor.log}")
+                    quiet = plan.burst_unloaded_seconds
+                    unloaded = await load.paced(
+                        kafka,
+                        burst.OTHER_RATE,
+                        quiet,
+                        int(burst.OTHER_RATE * quiet),
+                        "burst-quiet",
+                        providers=other,
+                    )
+                    await collector.wait_for(unloaded, timeout=60)
+                    during, sent = await self._burst_drain(kafka, collector, events)
+                    await collector.wait_for(during, timeout=60)
+                    await asyncio.sleep(2)  # late duplicates would show up here
+                    peak = processor.peak_rss_mb
+                finally:
+                    await processor.stop()
+            calls = await burst.call_times(simulator, burst.PACED)
+            calls_file = self.workdir / f"{kafka.group_id}-{burst.PACED}-calls.json"
+            calls_file.write_bytes(orjson.dumps(calls))
+            parks = await load.parks(kafka)
+        row = burst.figures(sent, unloaded, during, collector.results, parks=parks, calls=calls)
+        row["peak_rss_mb"] = round(peak, 1)
+        print(
+            f"   cleared in {row['clear_seconds']} s (ideal {row['ideal_seconds']} s), "
+            f"{row['cancelled']} cancelled, {row['cancel_failed']} cancel-failed, "
+            f"{row['parks']} parks, busiest minute {row['busiest_minute_calls']} calls; "
+            f"{burst.OTHER} p99 {row['mvmnt_unloaded_p99_ms']} ms unloaded, "
+            f"{row['mvmnt_burst_p99_ms']} ms in the burst",
+            flush=True,
+        )
+        return row
+
+    async def _burst_drain(
+        self, kafka: KafkaSettings, collector: load.Collector, events: int
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """The burst, and the other account's paced events until every burst event has a
+        result (or the timeout passes): (the other account's events, the burst's)."""
+        drained = asyncio.Event()
+        offering = asyncio.create_task(
+            load.paced(
+                kafka,
+                burst.OTHER_RATE,
+                burst.DRAIN_TIMEOUT_SECONDS,
+                int(burst.OTHER_RATE * burst.DRAIN_TIMEOUT_SECONDS),
+                "burst-other",
+                providers=(burst.OTHER,),
+                until=drained,
+            )
+        )
+        try:
+            sent = await load.preload(kafka, events, events, "burst", providers=(burst.PACED,))
+            print(f"   burst of {events} produced", flush=True)
+            deadline = time.monotonic() + burst.DRAIN_TIMEOUT_SECONDS
+            while not await collector.wait_for(
+                sent, timeout=min(30.0, deadline - time.monotonic())
+            ):
+                if time.monotonic() >= deadline:
+                    break
+                done = collector.results.count_of(sent)
+                print(f"   {done} of {events} {burst.PACED} results", flush=True)
+        finally:
+            drained.set()
+            during = await offering
+        return during, sent
+
     async def backlog(self, latency_ms: int = 0) -> dict[str, Any]:
         plan = self.plan
         print(f"== backlog of {plan.backlog_events} events", flush=True)
@@ -581,6 +692,9 @@ def verdicts(results: Mapping[str, Any]) -> list[str]:
     backlog = results.get("backlog")
     if backlog and backlog["peak_rss_mb"] > TARGET_PEAK_RSS_MB:
         misses.append(f"backlog: peak RSS {backlog['peak_rss_mb']} MB")
+    rate_limited = results.get("rate_limited_burst")
+    if rate_limited:
+        misses += burst.misses(rate_limited)
     return misses
 
 
@@ -617,6 +731,9 @@ def table(results: Mapping[str, Any]) -> str:
             f"| backlog of {backlog['events']:,} events ({backlog['run_seconds']:.0f} s run) "
             f"| | | | | {backlog['peak_rss_mb']:.0f} | | |"
         )
+    rate_limited = results.get("rate_limited_burst")
+    if rate_limited:
+        lines += ["", burst.table(rate_limited)]
     return "\n".join(lines)
 
 
@@ -640,6 +757,8 @@ async def run(plan: Plan, workdir: Path, traces: str, profile: bool = False) -> 
         results["broker_alone"] = await bench.broker_alone()
     if "two-processes" in plan.scenarios:
         results["scale_out"] = await bench.two_processes()
+    if burst.NAME in plan.scenarios:
+        results["rate_limited_burst"] = await bench.rate_limited_burst()
     if "backlog" in plan.scenarios:
         results["backlog"] = await bench.backlog()
     results["machine"] = procs.machine()
