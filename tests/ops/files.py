@@ -45,15 +45,24 @@ COUNTERS = {
     "cancel_processor_dlq_records_total",
     "cancel_processor_provider_retries_total",
     "cancel_ingress_requests_total",
+    "cancel_processor_parks_total",
 }
 GAUGES = {
     "cancel_processor_events_in_flight",
     "cancel_processor_consumer_lag",
     "cancel_processor_ready",
+    "cancel_processor_parked_shipments",
+    "cancel_processor_parked_oldest_age_seconds",
+    "cancel_processor_circuit_state",
+    "cancel_processor_provider_pace_per_minute",
 }
 CONTRACT_METRICS = HISTOGRAMS | COUNTERS | GAUGES
 # Exported by `ingress`, not by `run`.
 INGRESS_METRICS = {"cancel_ingress_requests_total", "http_server_request_duration_seconds"}
+# Exported from the first park on (a counter is born at its first increment): the end-to-end
+# run of the compose setup (test_ops_config_runs.py) parks nothing, so it does not look for
+# them on `run`'s /metrics.
+ONLY_ONCE_PARKED = {"cancel_processor_parks_total"}
 # What a query may select: histograms are queried through their series.
 SELECTABLE = (
     COUNTERS

@@ -27,9 +27,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumer.config import BOOTSTRAP_ENV, load_kafka_settings
 from consumer.simulator import Simulator
 from consumer.tools.embedded_broker import free_port
+from consumer.tools.topics import topic_names
 from tests.integration.kafka_helpers import Cluster
 from tests.ops.files import (
     INGRESS_METRICS,
+    ONLY_ONCE_PARKED,
     PROCESSOR_TOML,
     alert_rules,
     contract_name,
@@ -49,9 +51,9 @@ EVENTS = 20  # the first twenty records of consumer/tools/traffic.py's mix
 def ops_config_copy(tmp_path: Path, run: str, http_port: int) -> Path:
     text = PROCESSOR_TOML.read_text(encoding="utf-8")
     rewrites = {
-        r'^(group_id|input_topic|cancelled_topic|failed_topic|dlq_topic) = "(.+)"$': (
+        r'^(group_id|input_topic|cancelled_topic|failed_topic|dlq_topic|retry_topic) = "(.+)"$': (
             rf'\1 = "\2.{run}"',
-            5,
+            6,
         ),
         r"^http_port = \d+$": (f"http_port = {http_port}", 1),
     }
@@ -147,7 +149,7 @@ def monitored_series() -> set[str]:
         grafana_to_promql(expr) for d in dashboards().values() for _, expr in dashboard_queries(d)
     ]
     series = {name for expr in exprs for name in selected_metrics(expr)}
-    return {s for s in series if contract_name(s) not in INGRESS_METRICS}
+    return {s for s in series if contract_name(s) not in INGRESS_METRICS | ONLY_ONCE_PARKED}
 
 
 def exported_series(text: str) -> set[str]:
@@ -180,7 +182,9 @@ def unknown_labels(labels: dict[str, set[str]]) -> list[str]:
     problems = []
     for expr in exprs:
         for label, metrics in label_uses(expr):
-            ours = {m for m in metrics if contract_name(m) not in INGRESS_METRICS}
+            ours = {
+                m for m in metrics if contract_name(m) not in INGRESS_METRICS | ONLY_ONCE_PARKED
+            }
             if not ours or label in TARGET_LABELS:
                 continue
             if not any(label in labels.get(m, set()) for m in ours):
@@ -205,7 +209,8 @@ async def test_processor_runs_the_compose_setup_end_to_end(
     topics = await cli(env, "topics", "--config", str(config))
     out, err = await asyncio.wait_for(topics.communicate(), timeout=60)
     assert topics.returncode == 0, err.decode()
-    assert [line.split(": ")[1] for line in out.decode().splitlines()] == ["created"] * 4
+    created = [line.split(": ")[1] for line in out.decode().splitlines()]
+    assert created == ["created"] * len(topic_names(settings.kafka))
 
     # processor
     processor = await cli(env, "run", "--config", str(config))
