@@ -67,6 +67,9 @@ async def open_accounts(settings: Settings, stack: AsyncExitStack) -> dict[str, 
                     provider_transport(account.base_url, account.max_concurrency),
                     pace,
                     on_wait=record_token_wait,
+                    # Admission keeps the queue within park_after_wait_seconds; twice that
+                    # means the provider asked for a pause: park instead of waiting it out.
+                    max_wait_seconds=2 * settings.processing.retry.park_after_wait_seconds,
                 )
             )
         )

@@ -70,6 +70,8 @@ Settled = ResultEvent | ParkedShipment
 _JITTER = 0.1
 # A shipment parked behind an earlier park of itself comes back just after it.
 _BEHIND_SECONDS = 0.001
+# ... and when that earlier park is overdue already, this much later.
+_OVERDUE_BEHIND_SECONDS = 1.0
 _FRESH = RetryState()
 
 
@@ -238,25 +240,37 @@ class Canceller:
     ) -> Settled | Admitted:
         """Admitted, or the park (past the horizon, the failure) of a shipment that may not
         be attempted now."""
+        now = self._now()
         origin = work.origin
         earlier = None if origin is None else self._parked.due_of_earlier(work.shipment, origin)
         if earlier is not None:
-            # Its results must follow the earlier event's: wait behind that park.
-            due = datetime.fromtimestamp(earlier + _BEHIND_SECONDS, self._now().tzinfo)
-            return self._park(work, state, ParkReason.BEHIND_PARKED, due)
-        admission = account.admit(self._parking.park_after_wait_seconds)
-        if isinstance(admission, Admitted):
-            return admission
-        now = self._now()
+            reason, until = ParkReason.BEHIND_PARKED, None
+        else:
+            admission = account.admit(self._parking.park_after_wait_seconds)
+            if isinstance(admission, Admitted):
+                return admission
+            reason, until = admission.reason, admission.until
         if state.past_horizon(now, self._parking.horizon):
             error: CancelError = (
                 RateLimitedError("the account's rate limit left no call within the horizon")
-                if admission.reason is ParkReason.ACCOUNT_BUSY
+                if reason is ParkReason.ACCOUNT_BUSY
                 else UnavailableError("the provider stayed unavailable past the horizon")
             )
             return self._failed(work, account.kind, state.attempts, error)
-        due = now + timedelta(seconds=max(0.0, admission.until - time.monotonic()))
-        return self._park(work, state, admission.reason, due)
+        if earlier is not None:
+            # Its results must follow the earlier event's: just after that park, and never
+            # in the past (an overdue park is being retried, or was settled elsewhere).
+            due = max(
+                datetime.fromtimestamp(earlier + _BEHIND_SECONDS, now.tzinfo),
+                now + timedelta(seconds=_OVERDUE_BEHIND_SECONDS),
+            )
+        else:
+            assert until is not None
+            due = now + timedelta(seconds=max(0.0, until - time.monotonic()))
+        if state.first_parked_at is not None:
+            # One last round at the horizon, as after a failed round.
+            due = min(due, state.first_parked_at + self._parking.horizon)
+        return self._park(work, state, reason, due)
 
     async def _attempt(
         self, work: _Shipment, account: ProviderAccount, state: RetryState, ticket: Ticket | None

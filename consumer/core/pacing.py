@@ -40,6 +40,9 @@ _FLOOR_PER_MINUTE = 1.0
 # least this share of what our pace allowed: a 429 after a quiet minute (another client of
 # the same account) says nothing of how many we may send.
 _MEASURED_SHARE = 0.5
+# Nor when the provider took fewer than this: a 429 after a handful of requests is more
+# likely about one request than a limit that low.
+_MEASURED_MINIMUM = 20
 _MINUTE = 60.0
 
 
@@ -132,7 +135,7 @@ class Pace:
             return  # the requests that were already on their way when the first 429 came
         self._last_decrease = now
         accepted = self._accepted_in_last_minute(now)
-        if accepted and accepted >= self._sendable(now) * _MEASURED_SHARE:
+        if accepted >= _MEASURED_MINIMUM and accepted >= self._sendable(now) * _MEASURED_SHARE:
             # The provider took this many in its minute (or in the part of it we were
             # sending) before it refused: that is its limit; go just below it.
             self._ceiling = max(_FLOOR_PER_MINUTE, min(self._per_minute, accepted) * _CEILING_SHARE)

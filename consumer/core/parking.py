@@ -63,6 +63,12 @@ class ParkedShipment(BaseModel):
     def shipment(self) -> ShipmentRef:
         return self.event.shipments[0]
 
+    @property
+    def result_id(self) -> uuid.UUID:
+        """The id of the result it will get, and of its calls' ``Idempotency-Key``."""
+        shipment = self.shipment
+        return result_event_id(self.event.event_id, shipment.provider, shipment.shipment_id)
+
 
 @dataclass(frozen=True, slots=True)
 class InvalidParked:
@@ -187,7 +193,7 @@ def park_of(parked: ParkedShipments, park: ParkedShipment, partition: int) -> No
         return  # parked with no position: nothing to order behind it
     parked.add(
         park.shipment,
-        result_event_id(park.event.event_id, park.shipment.provider, park.shipment.shipment_id),
+        park.result_id,
         origin=Origin(partition, park.input_offset),
         due=park.due_at.timestamp(),
         since=park.first_parked_at.timestamp(),

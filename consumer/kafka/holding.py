@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -63,6 +64,21 @@ class HeldRecords:
         while self._heap and len(due) < limit and self._heap[0].due <= now:
             due.append(heapq.heappop(self._heap))
         return due
+
+    def superseded(self, tp: TopicPartition, latest: Mapping[uuid.UUID, int]) -> list[Held]:
+        """Take out the records of ``tp`` whose shipment and event have a later park there
+        (``latest``: the latest offset of each result id's parks)."""
+        gone, kept = [], []
+        for held in self._heap:
+            park = held.parked
+            if held.tp == tp and latest.get(park.result_id, -1) > held.record.offset:
+                gone.append(held)
+            else:
+                kept.append(held)
+        if gone:
+            heapq.heapify(kept)
+            self._heap = kept
+        return gone
 
     def release(self, partitions: Iterable[TopicPartition]) -> None:
         """Forget the records of these partitions: their next owner reads them again."""

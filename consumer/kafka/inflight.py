@@ -97,6 +97,11 @@ class InFlight:
         progress = self._track(tp, offset, assigned)
         return None if progress is None else Hold(progress)
 
+    def skip(self, tp: TopicPartition, offset: int, held: Hold) -> None:
+        """A held record that will not be run (a later park replaces it): done."""
+        if self._progress.get(tp) is held.progress:
+            held.progress.finish(offset)
+
     def _track(
         self,
         tp: TopicPartition,

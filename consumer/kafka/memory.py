@@ -33,6 +33,7 @@ class MemoryConsumer:
         self._end = max((r.offset + 1 for r in self._pending), default=0)
         self._arrived = asyncio.Event()
         self._listener: ConsumerRebalanceListener | None = None
+        self._subscribed: list[str] = []
         self._assigned: set[TopicPartition] = set()
 
     def add(self, *records: ConsumerRecord[bytes, bytes]) -> None:
@@ -48,6 +49,7 @@ class MemoryConsumer:
 
     def subscribe(self, topics: list[str], listener: ConsumerRebalanceListener) -> None:
         assert self.partition.topic in topics
+        self._subscribed = list(topics)
         self._listener = listener
 
     async def start(self) -> None:
@@ -92,6 +94,10 @@ class MemoryConsumer:
 
     async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self._end if tp == self.partition else 0 for tp in partitions}
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        """One partition of each subscribed topic (the retry topic's holds nothing)."""
+        return {self.partition.partition} if topic in self._subscribed else None
 
     async def topics(self) -> set[str]:
         return {self.partition.topic}

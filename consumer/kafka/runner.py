@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from opentelemetry.trace import Tracer
 from consumer.config import KafkaSettings, ProcessingSettings
 from consumer.core.backoff import Backoff
 from consumer.core.canceller import Canceller
+from consumer.core.errors import ConfigError
 from consumer.core.events import OrderCancelled
 from consumer.core.parking import ParkedShipment, park_of, parse_parked
 from consumer.core.pipeline import parse_order_cancelled
@@ -227,7 +229,28 @@ class Runner:
                     await connection.committer.commit(inflight.partitions)
                     connection.publisher.report_stall()
                     await self._health.observe(connection.consumer)
+                    self._check_retry_partitions(connection.consumer)
                     next_commit = time.monotonic() + commit_every
+
+    def _check_retry_partitions(self, consumer: KafkaConsumer) -> None:
+        """Parks go to the retry partition of their input partition's number: the retry
+        topic must exist and have as many partitions (ConfigError, one line, if not)."""
+        kafka = self._kafka
+        inputs = consumer.partitions_for_topic(kafka.input_topic)
+        if not inputs:
+            return  # not known yet
+        retries = consumer.partitions_for_topic(kafka.retry_topic)
+        if not retries:
+            raise ConfigError(
+                f"kafka.retry_topic: topic {kafka.retry_topic} does not exist; create it "
+                "with `cancel-processor topics`"
+            )
+        if len(retries) != len(inputs):
+            raise ConfigError(
+                f"kafka.retry_topic: {kafka.retry_topic} has {len(retries)} partitions and "
+                f"{kafka.input_topic} has {len(inputs)}; they must have as many (alter both "
+                "together)"
+            )
 
     def _paused_besides(self, assignment: set[TopicPartition]) -> set[TopicPartition]:
         """Besides a full window: the retry partitions while the held records are at their
@@ -259,22 +282,40 @@ class Runner:
     def _dispatch_parked(
         self, connection: _Connection, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]
     ) -> None:
-        """A retry record: held until due, or started now."""
-        self._catch_up.read(tp, record.offset)
+        """A retry record: held until due (and while its partition is read back), or
+        started now."""
         parsed = parse_parked(record.value)
-        if isinstance(parsed, ParkedShipment):
-            due = parsed.due_at.timestamp()
-            if due > self._clock():
+        parked = parsed if isinstance(parsed, ParkedShipment) else None
+        reading = self._catch_up.reading(tp)
+        latest = self._catch_up.read(tp, record.offset, parked.result_id if parked else None)
+        if parked is not None:
+            due = parked.due_at.timestamp()
+            if due > self._clock() or reading:
                 hold = self._inflight.hold(tp, record.offset, connection.consumer.assignment)
                 if hold is not None:
-                    self._held.hold(due, tp, record, parsed, hold)
-                    park_of(self._canceller.parked, parsed, tp.partition)
+                    self._held.hold(due, tp, record, parked, hold)
+                    park_of(self._canceller.parked, parked, tp.partition)
                     self._count_consumed(tp)
-                return
-            key = parsed.event.order_id
+            else:
+                self._start(connection, tp, record, parked.event.order_id, parked)
         else:
-            key = f"\x00invalid-retry:{tp.partition}:{record.offset}"
-        self._start(connection, tp, record, key, parsed)
+            self._start(
+                connection, tp, record, f"\x00invalid-retry:{tp.partition}:{record.offset}", parsed
+            )
+        if latest is not None:
+            self._drop_superseded(tp, latest)
+
+    def _drop_superseded(self, tp: TopicPartition, latest: Mapping[uuid.UUID, int]) -> None:
+        """Read back to its end: parks with a later one of the same shipment and event
+        were retried already; they are done, unrun."""
+        dropped = self._held.superseded(tp, latest)
+        for held in dropped:
+            self._inflight.skip(tp, held.record.offset, held.hold)
+        if dropped:
+            log.info(
+                "parks retried already, dropped",
+                extra={"topic": tp.topic, "partition": tp.partition, "parks": len(dropped)},
+            )
 
     def _start(
         self,
@@ -324,13 +365,14 @@ class Runner:
         self._inflight.draining(partitions)
         self._held.release(partitions)
         self._catch_up.revoked(partitions)
-        self._canceller.parked.forget_partitions({tp.partition for tp in partitions})
         try:
             await self._inflight.finish(partitions, self._processing.drain_grace_seconds)
             await connection.committer.commit(
                 partitions, wait=self._kafka.request_timeout_ms / 1000
             )
         finally:
+            # After the drain: work finishing in it still registers its parks.
+            self._canceller.parked.forget_partitions({tp.partition for tp in partitions})
             self._inflight.release(partitions)
 
     async def _shutdown(self, connection: _Connection) -> None:

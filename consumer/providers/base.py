@@ -9,6 +9,7 @@ done around it (``consumer.core.retry``), the same way for every provider.
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,8 +103,14 @@ def error_class_for_status(status: int) -> type[CancelError]:
     return InternalError
 
 
+# A provider's wait longer than this (or not a number at all) is taken as this: a garbled
+# header must not park a shipment for a century, and an hour is long enough for any limit.
+MAX_RETRY_AFTER_SECONDS = 3600.0
+
+
 def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> float | None:
-    """Seconds to wait, from ``Retry-After`` (seconds or HTTP date) or ``X-RateLimit-Reset``.
+    """Seconds to wait, from ``Retry-After`` (seconds or HTTP date) or ``X-RateLimit-Reset``,
+    at most ``MAX_RETRY_AFTER_SECONDS``.
 
     ``X-RateLimit-Reset`` is a unix timestamp (MVMNT). Garbage yields ``None``: the
     backoff schedule then decides.
@@ -113,18 +120,24 @@ def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> fl
     if raw is not None:
         raw = raw.strip()
         try:
-            return max(0.0, float(raw))
+            return _bounded(float(raw))
         except ValueError:
             parsed = _parse_http_date(raw)
             if parsed is not None:
-                return max(0.0, parsed - current)
+                return _bounded(parsed - current)
     reset = headers.get("x-ratelimit-reset")
     if reset is not None:
         try:
-            return max(0.0, float(reset) - current)
+            return _bounded(float(reset) - current)
         except ValueError:
             return None
     return None
+
+
+def _bounded(seconds: float) -> float | None:
+    if math.isnan(seconds):
+        return None
+    return min(MAX_RETRY_AFTER_SECONDS, max(0.0, seconds))
 
 
 def _parse_http_date(value: str) -> float | None:

@@ -19,6 +19,7 @@ from contextvars import ContextVar
 
 import httpx
 
+from consumer.core.errors import RateLimitedError
 from consumer.core.pacing import Pace, Ticket
 from consumer.providers.base import parse_retry_after
 
@@ -76,10 +77,12 @@ class PacedTransport(httpx.AsyncBaseTransport):
         inner: httpx.AsyncBaseTransport,
         pace: Pace,
         on_wait: Callable[[float], None] | None = None,
+        max_wait_seconds: float | None = None,
     ) -> None:
         self._inner = inner
         self._pace = pace
         self._on_wait = on_wait
+        self._max_wait = max_wait_seconds
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         attempt = _current.get()
@@ -89,6 +92,13 @@ class PacedTransport(httpx.AsyncBaseTransport):
         began = time.monotonic()
         slept = False
         while (delay := start - time.monotonic()) > 0:
+            if self._max_wait is not None and delay > self._max_wait:
+                # The provider made the account wait (its Retry-After): park the shipment
+                # rather than hold its call slot and in-flight slot that long.
+                raise RateLimitedError(
+                    f"the provider holds this account's calls for {delay:.0f}s",
+                    retry_after=delay,
+                )
             if attempt is not None:
                 attempt.waited_for(delay)  # before the sleep: the budget must not fire in it
             await asyncio.sleep(delay)
@@ -103,7 +113,7 @@ class PacedTransport(httpx.AsyncBaseTransport):
         response = await self._inner.handle_async_request(request)
         if response.status_code == 429:
             self._pace.throttled(parse_retry_after(response.headers))
-        else:
+        elif response.status_code < 500:  # a 5xx says nothing of the rate it takes
             self._pace.succeeded()
         return response
 
@@ -115,8 +125,10 @@ def paced(
     inner: httpx.AsyncBaseTransport,
     pace: Pace | None,
     on_wait: Callable[[float], None] | None = None,
+    max_wait_seconds: float | None = None,
 ) -> httpx.AsyncBaseTransport:
-    """``inner`` behind the account's pace; unchanged when it has no rate limit."""
+    """``inner`` behind the account's pace; unchanged when it has no rate limit. A request
+    that would wait more than ``max_wait_seconds`` for its slot raises ``RateLimitedError``."""
     if pace is None:
         return inner
-    return PacedTransport(inner, pace, on_wait)
+    return PacedTransport(inner, pace, on_wait, max_wait_seconds)

@@ -10,9 +10,10 @@ import time
 import httpx
 import pytest
 
+from consumer.core.errors import RateLimitedError
 from consumer.core.pacing import Pace
 from consumer.core.retry import AccountGate, RetryPolicy, cancel_with_retries
-from consumer.providers.base import CancelOutcome, CancelRequest
+from consumer.providers.base import CancelOutcome, CancelRequest, parse_retry_after
 from consumer.providers.client import TransportClient
 from consumer.providers.ratelimit import AttemptSlots, PacedTransport, paced
 from consumer.providers.shipstation import ShipStationProvider, ShipStationSettings
@@ -63,15 +64,33 @@ async def test_a_429_with_retry_after_slows_the_pace_and_holds_it() -> None:
     assert 29.0 <= pace.wait() <= 30.0 + pace.interval
 
 
-async def test_answers_other_than_429_count_as_successes_of_the_pace() -> None:
-    api = Recorded(503)
+@pytest.mark.parametrize(("status", "climbs"), [(200, True), (404, True), (503, False)])
+async def test_an_answer_the_provider_took_lets_the_pace_climb_and_a_5xx_does_not(
+    status: int, climbs: bool
+) -> None:
+    """A 404 was taken at our rate; a 5xx says nothing of the rate (the breaker's business),
+    nor counts as taken when the pace measures the provider's minute."""
+    api = Recorded(status)
     pace = Pace(300)
     pace.throttled(None)
     before = pace.per_minute
     client = TransportClient(PacedTransport(api.transport, pace))
     await asyncio.sleep(0.02)
     await client.send(httpx.Request("GET", "https://p.test/x"))
-    assert pace.per_minute > before, "a 5xx is the breaker's business: the pace climbs"
+    assert (pace.per_minute > before) is climbs
+
+
+async def test_a_wait_longer_than_the_most_parks_instead() -> None:
+    """A Retry-After holding every slot: the request raises rate_limited at once, so the
+    shipment is parked rather than holding its call slot for the whole hold."""
+    api = Recorded()
+    pace = Pace(300)
+    pace.throttled(600.0)
+    client = TransportClient(PacedTransport(api.transport, pace, max_wait_seconds=10))
+    with pytest.raises(RateLimitedError) as raised:
+        await client.send(httpx.Request("GET", "https://p.test/x"))
+    assert raised.value.retry_after == pytest.approx(600, abs=1)
+    assert api.sent == []
 
 
 def stopped_pace(limit_per_minute: float) -> Pace:
@@ -216,3 +235,13 @@ async def test_an_account_without_a_limit_keeps_its_transport() -> None:
     transport = paced(inner, Pace(200))
     assert isinstance(transport, PacedTransport)
     await transport.aclose()
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("inf", 3600.0), ("1e400", 3600.0), ("1e10", 3600.0), ("nan", None), ("-5", 0.0), ("7", 7.0)],
+)
+def test_a_retry_after_is_a_number_of_seconds_within_an_hour(
+    value: str, seconds: float | None
+) -> None:
+    assert parse_retry_after(httpx.Headers({"Retry-After": value})) == seconds

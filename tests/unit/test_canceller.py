@@ -454,3 +454,49 @@ async def test_a_parked_shipment_stays_behind_an_earlier_events_park() -> None:
     assert (again.attempts, again.rounds, again.input_offset) == (ROUND, 1, 10)
     assert again.first_parked_at == parked.first_parked_at
     assert len(ss.requests) == ROUND
+
+
+async def test_behind_an_overdue_park_a_shipment_still_waits_a_moment() -> None:
+    """An earlier park whose due time has passed (being retried, or settled by another
+    member): the later one never comes straight back, so it cannot spin."""
+    ss = FakeProvider("shipstation")
+    canceller = parking_canceller(account("ss", ss))
+    later = event(("ss", "a"))
+    overdue = NOW.timestamp() - 3600
+    canceller.parked.add(
+        later.shipments[0], uuid.uuid4(), origin=Origin(0, 5), due=overdue, since=0.0
+    )
+    [parked] = await canceller.cancel_order(later, TRACE, Origin(0, 10))
+    assert isinstance(parked, ParkedShipment)
+    assert parked.due_at >= NOW + timedelta(seconds=1)
+
+
+async def test_behind_a_park_past_the_horizon_is_a_failure_too() -> None:
+    ss = failing("a", ROUND)
+    canceller = parking_canceller(account("ss", ss))
+    [parked] = await canceller.cancel_order(event(("ss", "a")), TRACE, Origin(0, 10))
+    assert isinstance(parked, ParkedShipment)
+    old = earlier(parked, first=timedelta(hours=25))
+    canceller.parked.add(old.shipment, uuid.uuid4(), origin=Origin(0, 3), due=1e12, since=0.0)
+    result = await canceller.retry_parked(old, TRACE, partition=0)
+    assert isinstance(result, CancelFailed)
+    assert result.error.retryable
+
+
+async def test_a_busy_park_is_due_no_later_than_the_horizon() -> None:
+    busy = Pace(1)  # one request a minute: the second shipment waits past park_after
+    busy.admit()
+    ss = FakeProvider("shipstation")
+    canceller = parking_canceller(account("ss", ss, pace=busy))
+    first_parked = NOW - timedelta(hours=24) + timedelta(seconds=10)
+    parked = ParkedShipment(
+        event=event(("ss", "a")),
+        due_at=NOW,
+        first_parked_at=first_parked,
+        attempts=4,
+        rounds=1,
+        reason=ParkReason.ACCOUNT_BUSY,
+    )
+    result = await canceller.retry_parked(parked, TRACE)
+    assert isinstance(result, ParkedShipment)
+    assert result.due_at <= first_parked + timedelta(hours=24)

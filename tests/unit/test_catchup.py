@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 from aiokafka import TopicPartition
 
 from consumer.kafka.catchup import CatchUp
 
 INPUT, RETRY = "orders.cancelled", "orders.cancelled.retry"
+FIRST, SECOND = uuid.uuid4(), uuid.uuid4()
 
 
 class Positions:
@@ -33,12 +36,28 @@ async def test_input_waits_until_its_retry_partition_is_read_to_its_end() -> Non
     await catch_up.assigned(Positions({0: 10, 1: 4}, {0: 7, 1: 4}), assignment(0, 1))  # type: ignore[arg-type]
     assert catch_up.gated(assignment(0, 1)) == {TopicPartition(INPUT, 0)}
 
-    catch_up.read(TopicPartition(RETRY, 0), 8)
+    assert catch_up.reading(TopicPartition(RETRY, 0))
+    assert not catch_up.reading(TopicPartition(RETRY, 1))
+    assert catch_up.read(TopicPartition(RETRY, 0), 8, FIRST) is None
     assert catch_up.gated(assignment(0, 1)) == {TopicPartition(INPUT, 0)}
-    catch_up.read(TopicPartition(INPUT, 0), 9)  # an input record says nothing of the parks
+    # An input record says nothing of the parks.
+    assert catch_up.read(TopicPartition(INPUT, 0), 9, None) is None
     assert catch_up.gated(assignment(0, 1)) == {TopicPartition(INPUT, 0)}
-    catch_up.read(TopicPartition(RETRY, 0), 9)
+    latest = catch_up.read(TopicPartition(RETRY, 0), 9, SECOND)
     assert catch_up.gated(assignment(0, 1)) == set()
+    assert not catch_up.reading(TopicPartition(RETRY, 0))
+    assert latest == {FIRST: 8, SECOND: 9}
+
+
+async def test_the_read_back_tells_the_latest_park_of_each_shipment() -> None:
+    catch_up = CatchUp(INPUT, RETRY)
+    await catch_up.assigned(Positions({0: 13}, {0: 10}), assignment(0))  # type: ignore[arg-type]
+    retry = TopicPartition(RETRY, 0)
+    assert catch_up.read(retry, 10, FIRST) is None
+    assert catch_up.read(retry, 11, SECOND) is None
+    assert catch_up.read(retry, 12, FIRST) == {FIRST: 12, SECOND: 11}
+    # Read back: nothing more is collected.
+    assert catch_up.read(retry, 13, FIRST) is None
 
 
 async def test_a_revoked_partition_is_no_longer_waited_for() -> None:

@@ -127,3 +127,19 @@ def test_full_at_capacity() -> None:
     assert records.held.full
     records.held.pop_due(10.0, limit=1)
     assert not records.held.full
+
+
+def test_parks_superseded_by_a_later_one_of_their_result_are_taken_out() -> None:
+    records = Records()
+    first, second = records.hold(5.0), records.hold(6.0)  # both parks of PARKED's result
+    other = records.hold(7.0, P1)
+    gone = records.held.superseded(P0, {PARKED.result_id: second})
+    assert where(gone) == [(0, first)]
+    assert where(records.held.pop_due(10.0, limit=10)) == [(0, second), (1, other)]
+
+
+def test_the_latest_park_of_a_result_stays() -> None:
+    records = Records()
+    only = records.hold(5.0)
+    assert records.held.superseded(P0, {PARKED.result_id: only}) == []
+    assert len(records.held) == 1
