@@ -5,8 +5,11 @@ survive kill -9 and rebalances."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -16,6 +19,7 @@ from tests.faults.conftest import FaultEnv
 from tests.faults.harness import (
     Input,
     OutputReader,
+    ProcessorProcess,
     SimulatorProcess,
     cluster_for,
     produce,
@@ -23,6 +27,7 @@ from tests.faults.harness import (
     result_ids,
 )
 from tests.faults.streams import expected_ids, single
+from tests.integration.kafka_helpers import Cluster
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
@@ -255,26 +260,52 @@ def idempotency_keys(requests: list[dict[str, Any]]) -> dict[str, set[str]]:
     return keys
 
 
-async def test_17_kill_9_with_300_shipments_parked_loses_none(faults: FaultEnv) -> None:
+@dataclass
+class Outage:
+    """A scenario whose ShipStation shipments were all parked during an outage."""
+
+    sim: SimulatorProcess
+    config: dict[str, Any]
+    env: dict[str, str]
+    cluster: Cluster
+    reader: OutputReader
+    first: ProcessorProcess
+    sent: list[Input]
+
+
+@contextlib.asynccontextmanager
+async def parked_in_an_outage(
+    faults: FaultEnv, count: int, tag: str, seconds: float
+) -> AsyncIterator[Outage]:
+    """ShipStation down, a first processor, ``count`` shipments produced and every one of
+    them parked (parks due after about ``seconds``); the provider stays down."""
     sim = faults.simulator()
     async with sim:
-        config = waits_of(faults, sim, seconds=15)
+        config = waits_of(faults, sim, seconds)
         env = sim.secrets_env()
         settings = await faults.provision(config, env)
         async with cluster_for(settings) as cluster, OutputReader(settings) as reader:
             await sim.set_account_mode("shipstation", down_seconds=600)
             first = faults.processor(config, env, name="first")
             await first.wait_for_log("partitions assigned", timeout=60)
-            sent = await produce(cluster, shipstation_burst(300, "crash"))
-            await park_during_outage(sim, reader, 300, timeout=60)
-            first.kill9()
-            await sim.set_account_mode("shipstation", down_seconds=0)
-            second = faults.processor(config, env, name="second")
-            wanted = expected_ids(sent)
-            await reader.wait_for(lambda r: wanted <= result_ids(r), timeout=120, what="crash")
-            await second.stop()
-            requests = await sim.requests()
-            report = await faults.finish("17 kill -9, 300 parked", sent, reader, cluster, sim)
+            sent = await produce(cluster, shipstation_burst(count, tag))
+            await park_during_outage(sim, reader, count, timeout=60)
+            yield Outage(sim, config, env, cluster, reader, first, sent)
+
+
+async def test_17_kill_9_with_300_shipments_parked_loses_none(faults: FaultEnv) -> None:
+    async with parked_in_an_outage(faults, 300, "crash", seconds=15) as outage:
+        outage.first.kill9()
+        await outage.sim.set_account_mode("shipstation", down_seconds=0)
+        second = faults.processor(outage.config, outage.env, name="second")
+        wanted = expected_ids(outage.sent)
+        reader = outage.reader
+        await reader.wait_for(lambda r: wanted <= result_ids(r), timeout=120, what="crash")
+        await second.stop()
+        requests = await outage.sim.requests()
+        report = await faults.finish(
+            "17 kill -9, 300 parked", outage.sent, reader, outage.cluster, outage.sim
+        )
 
     assert report.lost == 0, report.lost_ids
     assert report.id_mismatches == 0
@@ -284,29 +315,22 @@ async def test_17_kill_9_with_300_shipments_parked_loses_none(faults: FaultEnv) 
     keys = idempotency_keys(requests)
     assert len(keys) == 300
     assert all(len(k) == 1 for k in keys.values()), [s for s, k in keys.items() if len(k) > 1]
-    report.notes.update(parks=len(reader.parks))
 
 
 async def test_18_rebalance_while_parked_each_retried_by_its_new_owner(faults: FaultEnv) -> None:
-    sim = faults.simulator()
-    async with sim:
-        config = waits_of(faults, sim, seconds=20)
-        env = sim.secrets_env()
-        settings = await faults.provision(config, env)
-        async with cluster_for(settings) as cluster, OutputReader(settings) as reader:
-            await sim.set_account_mode("shipstation", down_seconds=600)
-            first = faults.processor(config, env, name="first")
-            await first.wait_for_log("partitions assigned", timeout=60)
-            sent = await produce(cluster, shipstation_burst(150, "moved"))
-            await park_during_outage(sim, reader, 150, timeout=60)
-            # A second member joins while every shipment waits in the retry topic.
-            second = faults.processor(config, env, name="second")
-            await second.wait_for_log("partitions assigned", timeout=60)
-            await sim.set_account_mode("shipstation", down_seconds=0)
-            wanted = expected_ids(sent)
-            await reader.wait_for(lambda r: wanted <= result_ids(r), timeout=150, what="moved")
-            await asyncio.gather(first.stop(), second.stop())
-            report = await faults.finish("18 rebalance while parked", sent, reader, cluster, sim)
+    async with parked_in_an_outage(faults, 150, "moved", seconds=20) as outage:
+        # A second member joins while every shipment waits in the retry topic.
+        first = outage.first
+        second = faults.processor(outage.config, outage.env, name="second")
+        await second.wait_for_log("partitions assigned", timeout=60)
+        await outage.sim.set_account_mode("shipstation", down_seconds=0)
+        wanted = expected_ids(outage.sent)
+        reader = outage.reader
+        await reader.wait_for(lambda r: wanted <= result_ids(r), timeout=150, what="moved")
+        await asyncio.gather(first.stop(), second.stop())
+        report = await faults.finish(
+            "18 rebalance while parked", outage.sent, reader, outage.cluster, outage.sim
+        )
 
     assert report.lost == 0, report.lost_ids
     assert outcomes(reader).keys() <= {"cancelled", "already_cancelled"}
