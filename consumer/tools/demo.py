@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
 import uuid
@@ -121,7 +122,32 @@ async def _bootstrap() -> AsyncIterator[tuple[str, str]]:
 
 
 async def run_demo(timeout: float = 60.0) -> int:
+    """0 when every expected result arrived, 1 when not, 130 on Ctrl-C."""
     configure_logging("ERROR", "text")
+    interrupted = asyncio.Event()
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+
+    def on_interrupt() -> None:
+        # A flag besides the cancellation: a library call that swallows the cancellation
+        # must not let the demo carry on and exit 0.
+        interrupted.set()
+        main.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    try:
+        code = await _run_demo(timeout, interrupted)
+    except asyncio.CancelledError:
+        if not interrupted.is_set():
+            raise
+        return 130
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    return 130 if interrupted.is_set() else code
+
+
+async def _run_demo(timeout: float, interrupted: asyncio.Event) -> int:
     out = sys.stdout
     async with _bootstrap() as (bootstrap, suffix), Simulator() as simulator:
         settings = demo_settings(bootstrap, simulator, suffix)
@@ -131,14 +157,14 @@ async def run_demo(timeout: float = 60.0) -> int:
         stop = asyncio.Event()
         processor = asyncio.create_task(run_service(settings, stop))
         try:
-            return await _publish_and_watch(settings, samples(), timeout, out)
+            return await _publish_and_watch(settings, samples(), timeout, out, interrupted)
         finally:
             stop.set()
             await processor
 
 
 async def _publish_and_watch(
-    settings: Settings, batch: list[Sample], timeout: float, out: Any
+    settings: Settings, batch: list[Sample], timeout: float, out: Any, interrupted: asyncio.Event
 ) -> int:
     kafka = settings.kafka
     watcher = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False)
@@ -159,13 +185,15 @@ async def _publish_and_watch(
         print(_row(*("-" * width for width in _WIDTHS)), file=out)
         seen = 0
         deadline = time.monotonic() + timeout
-        while seen < expected and time.monotonic() < deadline:
+        while seen < expected and time.monotonic() < deadline and not interrupted.is_set():
             batches = await watcher.getmany(timeout_ms=250)
             for records in batches.values():
                 for record in records:
                     row = _describe(record, kafka.dlq_topic, cases)
                     print(row, file=out, flush=True)
                     seen += 1
+        if interrupted.is_set():
+            return 130
         if seen < expected:
             print(
                 f"\nerror: only {seen} of {expected} results arrived within {timeout:g}s; "
