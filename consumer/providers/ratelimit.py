@@ -107,6 +107,13 @@ class PacedTransport(httpx.AsyncBaseTransport):
                 break
             # Refused meanwhile: the slot was booked on a pace the provider does not take.
             epoch, start = pace.epoch, pace.book()
+        while (hold := pace.hold_send()) > 0:
+            # Sent late (a busy event loop): the requests booked after it must not go out
+            # together with it past the limit.
+            if attempt is not None:
+                attempt.waited_for(hold)
+            await asyncio.sleep(hold)
+            slept = True
         wait = time.monotonic() - began if slept else 0.0
         if self._on_wait is not None:
             self._on_wait(wait)

@@ -380,3 +380,14 @@ def test_a_provider_limit_just_below_ours_is_still_mostly_used() -> None:
     accepted, _ = against_a_lower_limit(provider_limit=250, minutes=10)
     rates = per_minute(accepted, 10)
     assert all(200 <= rate <= 250 for rate in rates[3:]), rates
+
+
+def test_requests_sent_late_and_bunched_are_still_held_to_the_limit() -> None:
+    """Slots are spaced when booked; a busy event loop may send many at one instant. The
+    guard at sending lets no more than the limit out in a minute (and half a second)."""
+    clock = Clock()
+    pace = Pace(60, clock)
+    assert [pace.hold_send() for _ in range(60)] == [0.0] * 60
+    assert pace.hold_send() == pytest.approx(60.5)
+    clock.now += 60.5
+    assert pace.hold_send() == 0.0
