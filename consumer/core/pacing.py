@@ -13,7 +13,7 @@ Slots are spaced so that no sliding minute holds more than the configured limit:
 ``burst`` requests at once, then one every ``60 / (limit - burst)`` seconds.
 
 The pace adapts (AIMD): a 429 the provider sends although we kept to our pace means its real
-limit is lower. The pace halves (at most once per ``_DECREASE_EVERY_SECONDS``), every slot
+limit is lower. The pace halves (at most once a minute: the provider's window), every slot
 waits for the ``Retry-After``, and a ceiling of 90 % of the pace that drew the 429 stops the
 climb back short of it. When we were sending near our pace (over the last minute, or since
 we started sending if that is less), the requests the provider took in that time are a
@@ -30,7 +30,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-_DECREASE_EVERY_SECONDS = 5.0
+# A provider counts requests over its minute: what we sent before a decrease still counts
+# there for up to a minute, so its 429s in that minute are no news of our new pace.
+_DECREASE_EVERY_SECONDS = 60.0
 _CEILING_SHARE = 0.9
 _CLIMB_SHARE = 0.1
 _CEILING_RESET_SECONDS = 600.0

@@ -27,6 +27,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
     UnknownError,
+    UnknownTopicOrPartitionError,
     UnsupportedSaslMechanismError,
     UnsupportedVersionError,
 )
@@ -236,7 +237,7 @@ def producer_refusal(exc: Exception, kafka: KafkaSettings) -> KafkaSecurityError
     return None
 
 
-def consumer_refusal(exc: Exception, kafka: KafkaSettings) -> KafkaSecurityError | None:
+def consumer_refusal(exc: Exception, kafka: KafkaSettings) -> ConfigError | None:
     """A consumer start or poll the broker answered with a denial that waiting will not
     change, as one line naming the key to change (``None``: not a refusal). Apache Kafka
     denies a topic when the consumer starts (its metadata), the group when it joins."""
@@ -248,8 +249,15 @@ def consumer_refusal(exc: Exception, kafka: KafkaSettings) -> KafkaSecurityError
         )
     if isinstance(exc, TopicAuthorizationFailedError):
         return KafkaSecurityError(
-            f"kafka broker denied reading topic {kafka.input_topic!r} to {_principal(kafka)}"
-            f" ({name}): grant Read and Describe on it, or change kafka.input_topic"
+            f"kafka broker denied reading topic {kafka.input_topic!r} or"
+            f" {kafka.retry_topic!r} to {_principal(kafka)} ({name}): grant Read and Describe"
+            " on both, or change kafka.input_topic / kafka.retry_topic"
+        )
+    if isinstance(exc, UnknownTopicOrPartitionError):
+        return ConfigError(
+            f"kafka broker has no topic {kafka.input_topic!r} or {kafka.retry_topic!r}"
+            f" ({name}): create them with `cancel-processor topics`, or change"
+            " kafka.input_topic / kafka.retry_topic"
         )
     return None
 

@@ -101,6 +101,7 @@ class Runner:
         self._inflight = InFlight(processing.max_in_flight)
         self._held = HeldRecords(processing.retry.max_held)
         self._catch_up = CatchUp(kafka.input_topic, kafka.retry_topic)
+        self._retry_partitions_match = False
         self._spans = MessagingSpans(tracer, kafka.group_id)
         self._topics = OutputTopics(
             kafka.cancelled_topic, kafka.failed_topic, kafka.dlq_topic, kafka.retry_topic
@@ -236,6 +237,8 @@ class Runner:
         """Parks go to the retry partition of their input partition's number: the retry
         topic must exist and have as many partitions (ConfigError, one line, if not)."""
         kafka = self._kafka
+        if self._retry_partitions_match:
+            return  # checked once: a metadata gap during broker trouble must not stop us
         inputs = consumer.partitions_for_topic(kafka.input_topic)
         if not inputs:
             return  # not known yet
@@ -251,6 +254,7 @@ class Runner:
                 f"{kafka.input_topic} has {len(inputs)}; they must have as many (alter both "
                 "together)"
             )
+        self._retry_partitions_match = True
 
     def _paused_besides(self, assignment: set[TopicPartition]) -> set[TopicPartition]:
         """Besides a full window: the retry partitions while the held records are at their

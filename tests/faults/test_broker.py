@@ -194,6 +194,7 @@ async def create_led_by(settings: Settings, leader: int, others: Iterable[int]) 
                 NewTopic(topic, -1, -1, replica_assignments=dict.fromkeys(range(3), replicas))
                 for topic in (
                     kafka.input_topic,
+                    kafka.retry_topic,
                     kafka.cancelled_topic,
                     kafka.failed_topic,
                     kafka.dlq_topic,

@@ -71,7 +71,8 @@ async def wait_for_full_assignment(process: ProcessorProcess, timeout: float) ->
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         assignments = [e for e in process.logs() if e["msg"] == "partitions assigned"]
-        if assignments and len(assignments[-1]["partitions"]) == PARTITIONS:
+        # All of the input topic's partitions and the retry topic's.
+        if assignments and len(assignments[-1]["partitions"]) == 2 * PARTITIONS:
             return
         assert asyncio.get_running_loop().time() < deadline, "partitions never came back"
         await asyncio.sleep(0.2)

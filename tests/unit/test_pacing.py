@@ -128,15 +128,15 @@ def test_a_parked_slot_is_never_in_the_past() -> None:
     assert pace.book_parked(lead_seconds=3600) == 50.0
 
 
-def test_a_429_halves_the_pace_at_most_once_per_five_seconds() -> None:
+def test_a_429_halves_the_pace_at_most_once_a_minute() -> None:
     clock = Clock(1000.0)
     pace = Pace(300, clock)
     pace.throttled(None)
     assert pace.per_minute == 150
     assert pace.interval > 60 / 300, "the slots are spaced out with the pace"
-    clock.now += 4.9
+    clock.now += 59.9
     pace.throttled(None)
-    assert pace.per_minute == 150, "429s of requests already on their way"
+    assert pace.per_minute == 150, "429s of requests still in the provider's minute"
     clock.now += 0.1
     pace.throttled(None)
     assert pace.per_minute == 75
@@ -197,12 +197,12 @@ def test_after_the_ceiling_is_lifted_the_pace_climbs_from_it() -> None:
     clock = Clock()
     pace = Pace(300, clock)
     pace.throttled(None)
-    clock.now = 5.0
+    clock.now = 60.0
     pace.throttled(None)  # pace 75, ceiling 135
-    clock.now = 125.0
+    clock.now = 180.0
     pace.succeeded()
     assert pace.per_minute == pytest.approx(135)
-    clock.now = 605.0  # ten minutes since the last 429: the ceiling goes
+    clock.now = 660.0  # ten minutes since the last 429: the ceiling goes
     pace.succeeded()
     assert pace.per_minute < 140, "10 % of the limit per minute from 135, not 300 at once"
 
