@@ -71,7 +71,10 @@ async def test_6_rate_limits_retry_after_and_503_bursts(faults: FaultEnv) -> Non
                         "backoff_initial_seconds": 0.2,
                         # Short steps: the shipments failing 9 times get there in seconds.
                         "schedule_seconds": [1, 2, 4],
-                    }
+                    },
+                    # Per-shipment 503s are not an outage of the account (scenario 15 has
+                    # the circuit breaker).
+                    "breaker": {"failure_threshold": 1000},
                 }
             },
             shipstation_rate_per_minute=RATE_PER_MINUTE,
