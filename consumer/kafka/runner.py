@@ -119,11 +119,6 @@ class Runner:
     def readiness(self) -> tuple[bool, str]:
         return self._health.readiness()
 
-    @property
-    def held(self) -> int:
-        """Retry records read back and waiting in memory until due."""
-        return len(self._held)
-
     def back_pressure(self) -> Mapping[str, AccountPressure]:
         parked = self._canceller.parked.per_account(self._clock())
         return {
