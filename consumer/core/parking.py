@@ -39,9 +39,13 @@ class ParkedShipment(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", title="shipment.cancel_retry v1")
 
-    event_type: Literal["shipment.cancel_retry"] = "shipment.cancel_retry"
-    schema_version: Literal[1] = 1
-    event: OrderCancelled
+    event_type: Literal["shipment.cancel_retry"] = Field(
+        default="shipment.cancel_retry", description="Always shipment.cancel_retry."
+    )
+    schema_version: Literal[1] = Field(default=1, description="Always the integer 1.")
+    event: OrderCancelled = Field(
+        description="The order.cancelled event as it came, its shipments cut to this one."
+    )
     due_at: datetime = Field(description="Not retried before this time.")
     first_parked_at: datetime = Field(
         description="When the shipment was first parked; the retry horizon counts from here."
@@ -50,8 +54,10 @@ class ParkedShipment(BaseModel):
     rounds: int = Field(
         ge=0, description="Rounds of attempts that failed transiently: the schedule's step."
     )
-    reason: ParkReason
-    last_error: ErrorDetail | None = None
+    reason: ParkReason = Field(description="Why it was parked.")
+    last_error: ErrorDetail | None = Field(
+        default=None, description="The last failure, when it was parked after one."
+    )
     input_offset: int | None = Field(
         default=None,
         ge=0,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -8,8 +9,9 @@ import pytest
 from pydantic import BaseModel
 
 from consumer.core import headers
-from consumer.core.events import CancelFailed, OrderCancelled, ShipmentCancelled
-from consumer.core.examples import order_cancelled_example
+from consumer.core.events import CancelFailed, OrderCancelled, ShipmentCancelled, result_event_id
+from consumer.core.examples import ORDER_CANCELLED_EXAMPLE
+from consumer.core.parking import ParkedShipment
 from consumer.tools.schemas import (
     ASYNCAPI_FILE,
     JSON_SCHEMA_DIALECT,
@@ -22,60 +24,20 @@ from consumer.tools.schemas import (
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
-# An example of each contract (README "Event contracts (v1)"): the shared input example, and
-# a result of each kind for it.
-ORDER_CANCELLED_EXAMPLE: dict[str, Any] = order_cancelled_example()
-SHIPMENT_CANCELLED_EXAMPLE: dict[str, Any] = {
-    "event_id": "7637ebd2-c50c-5e5d-9033-3e408156da43",
-    "event_type": "shipment.cancelled",
-    "schema_version": 1,
-    "occurred_at": "2026-11-21T10:00:01Z",
-    "source_event_id": "0f8c3c2e-6a1b-4a7e-9d0f-2d1b6f5a9e11",
-    "order_id": "SO-1001",
-    "provider": "shipstation",
-    "provider_kind": "shipstation",
-    "shipment_id": "se-28529731",
-    "outcome": "cancelled",
-    "provider_status": None,
-    "provider_request_id": None,
-    "attempts": 1,
-    "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
-}
-CANCEL_FAILED_EXAMPLE: dict[str, Any] = {
-    "event_id": "3b0f0a52-4f55-5d7c-a2a8-6a1f7a3e2c10",
-    "event_type": "shipment.cancel_failed",
-    "schema_version": 1,
-    "occurred_at": "2026-11-21T10:00:02Z",
-    "source_event_id": "0f8c3c2e-6a1b-4a7e-9d0f-2d1b6f5a9e11",
-    "order_id": "SO-1001",
-    "provider": "shipstation",
-    "provider_kind": "shipstation",
-    "shipment_id": "se-1",
-    "attempts": 3,
-    "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
-    "span_id": "00f067aa0ba902b7",
-    "error": {
-        "category": "conflict",
-        "retryable": False,
-        "message": "shipment se-1 cannot be cancelled: it has an active label",
-        "http_status": 400,
-        "provider_code": "invalid_status",
-        "provider_request_id": "req-5e1a",
-        "provider_errors": [
-            {
-                "error_source": "shipstation",
-                "error_type": "business_rules",
-                "error_code": "invalid_status",
-                "message": "The shipment has an active label.",
-            }
-        ],
-    },
-}
+EXAMPLES_DIR = SCHEMAS_DIR.parent / "examples"
 
+
+def example_file(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((EXAMPLES_DIR / name).read_text(encoding="utf-8"))
+    return loaded
+
+
+# The complete example of each contract that the docs show (examples/), with its schema.
 EXAMPLES: list[tuple[str, type[BaseModel], dict[str, Any]]] = [
-    ("order.cancelled.v1.json", OrderCancelled, ORDER_CANCELLED_EXAMPLE),
-    ("shipment.cancelled.v1.json", ShipmentCancelled, SHIPMENT_CANCELLED_EXAMPLE),
-    ("shipment.cancel_failed.v1.json", CancelFailed, CANCEL_FAILED_EXAMPLE),
+    ("order.cancelled.v1.json", OrderCancelled, example_file("order-cancelled.json")),
+    ("shipment.cancelled.v1.json", ShipmentCancelled, example_file("shipment-cancelled.json")),
+    ("shipment.cancel_failed.v1.json", CancelFailed, example_file("shipment-cancel-failed.json")),
+    ("shipment.cancel_retry.v1.json", ParkedShipment, example_file("shipment-cancel-retry.json")),
 ]
 EXAMPLE_IDS = [name for name, _, _ in EXAMPLES]
 
@@ -143,10 +105,24 @@ def test_each_example_fits_its_json_schema(
     name: str, model: type[BaseModel], example: dict[str, Any]
 ) -> None:
     document = schema(name)
-    assert set(document["required"]) <= set(example)
-    assert set(example) <= set(document["properties"])
+    # Complete: every field the schema knows, optional ones included.
+    assert set(example) == set(document["properties"])
     assert document["properties"]["event_type"]["const"] == example["event_type"]
     assert document["properties"]["schema_version"]["const"] == 1
+
+
+def test_the_input_example_file_is_the_one_the_code_builds_events_from() -> None:
+    assert example_file("order-cancelled.json") == ORDER_CANCELLED_EXAMPLE
+
+
+@pytest.mark.parametrize(("name", "model", "example"), EXAMPLES[1:3], ids=EXAMPLE_IDS[1:3])
+def test_each_result_example_has_the_id_the_processor_would_give_it(
+    name: str, model: type[BaseModel], example: dict[str, Any]
+) -> None:
+    source = uuid.UUID(example["source_event_id"])
+    expected = result_event_id(source, example["provider"], example["shipment_id"])
+    assert example["event_id"] == str(expected)
+    assert example["source_event_id"] == ORDER_CANCELLED_EXAMPLE["event_id"]
 
 
 def test_input_schema_requires_only_what_the_model_requires() -> None:
