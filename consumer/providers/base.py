@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from consumer.core.errors import (
     AuthError,
@@ -154,15 +154,36 @@ def transport_error(exc: httpx.TransportError, what: str) -> CancelError:
     return NetworkError(f"{what}: {type(exc).__name__}")
 
 
-class ProviderSettingsBase(BaseModel):
-    """Keys every provider account has; each kind adds its own."""
+# What a secret of only whitespace is told: never a usable credential, and what "${VAR}"
+# gives when VAR is set to "" (config adds the variable's name to the message).
+BLANK_SECRET = "must not be empty"
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+
+def refuse_blank_secret(value: Any) -> Any:
+    """The check of every settings model's ``"*"`` field validator: only secrets are looked at."""
+    if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+        raise ValueError(BLANK_SECRET)
+    return value
+
+
+class ProviderSettingsBase(BaseModel):
+    """[providers.NAME]: the keys every provider account has; each kind adds its own."""
+
+    # Each field's docstring is its description: what the configuration reference shows.
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     base_url: str = Field(pattern=r"^https?://")
-    # Time box of one HTTP call (connect + read), in seconds.
+    """Root URL of the provider's API, which request paths are appended to; http:// or
+    https://."""
     timeout_seconds: float = Field(default=10.0, gt=0)
-    # Calls in flight at once for this account, shared by all events.
+    """Time box of one HTTP call (connect and read), in seconds."""
     max_concurrency: int = Field(default=64, ge=1)
-    # Token bucket refill rate; None means the provider sets no limit we know of.
+    """Calls in flight at once for this account, shared by all events."""
     rate_limit_per_minute: float | None = Field(default=None, gt=0)
+    """Refill rate of the account's token bucket, shared by all events; unset, no limit of our
+    own (the provider's 429s are still honoured)."""
+
+    @field_validator("*")
+    @classmethod
+    def _secrets_not_blank(cls, value: Any) -> Any:
+        return refuse_blank_secret(value)

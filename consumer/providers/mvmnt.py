@@ -49,11 +49,20 @@ from consumer.providers.http import (
 
 
 class MvmntSettings(ProviderSettingsBase):
+    """[providers.NAME]: an MVMNT account, by OAuth2 client credentials or a static token."""
+
     kind: Literal["mvmnt"]
+    """The adapter this account uses: "mvmnt"."""
     token_url: str | None = None
+    """OAuth2 token endpoint of the client-credentials grant; needs client_id and
+    client_secret."""
     client_id: str | None = None
+    """OAuth2 client id; tokens are fetched with it and refreshed before they expire."""
     client_secret: SecretStr | None = None
+    """OAuth2 client secret. Keep it in the environment: "${VAR}"."""
     access_token: SecretStr | None = None
+    """A static bearer token, instead of token_url, client_id and client_secret. Keep it in the
+    environment: "${VAR}"."""
 
     @model_validator(mode="after")
     def _one_way_to_authenticate(self) -> Self:

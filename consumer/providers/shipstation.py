@@ -48,12 +48,18 @@ from consumer.providers.http import (
 
 
 class ShipStationSettings(ProviderSettingsBase):
+    """[providers.NAME]: a ShipStation API v2 account."""
+
     kind: Literal["shipstation"]
+    """The adapter this account uses: "shipstation"."""
     api_key: SecretStr
-    # Voiding a label costs money: only when an operator opts in per account.
+    """The account's API key, sent in the API-Key header. Keep it in the environment: "${VAR}"."""
     void_labels: bool = False
-    # ShipStation's documented default limit.
+    """Whether a shipment's active label is voided so that it can be cancelled. Voiding costs
+    money, so it is opt-in; without it a labelled shipment fails."""
     rate_limit_per_minute: float | None = 200.0
+    """Refill rate of the account's token bucket, shared by all events; the default is
+    ShipStation's documented limit."""
 
 
 # How each ``error_code`` of ShipStation's enum refines the HTTP status's category.

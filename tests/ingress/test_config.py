@@ -75,7 +75,9 @@ def test_bad_source_name_is_refused() -> None:
 
 
 def test_unknown_ingress_key_is_refused() -> None:
-    assert _error({"ingress": {"prot": 8080}}) == "config: ingress.prot: unknown key"
+    assert _error({"ingress": {"prot": 8080}}) == (
+        "config: ingress.prot: unknown key (did you mean port?)"
+    )
 
 
 def test_bodies_larger_than_the_processor_accepts_are_refused() -> None:

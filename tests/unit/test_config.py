@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
@@ -10,7 +11,7 @@ from pydantic import BaseModel, SecretStr
 
 from consumer.config import IngressSourceSettings, Settings, load_settings, settings_from_mapping
 from consumer.core.errors import ConfigError
-from consumer.providers import ProviderSettings
+from consumer.providers import PROVIDER_KINDS, ProviderSettings
 from consumer.providers.mvmnt import MvmntSettings
 from consumer.providers.shipstation import ShipStationSettings
 
@@ -217,7 +218,8 @@ def test_bootstrap_servers_env_var_may_stand_in_for_the_key() -> None:
 def test_unknown_kafka_key_is_named_by_its_dotted_path() -> None:
     raw = with_provider(kind="shipstation", base_url="https://a.example", api_key="k")
     raw["kafka"]["bootstrap_server"] = "typo:9092"
-    assert config_error(raw).endswith("kafka.bootstrap_server: unknown key")
+    # No "did you mean": the table already sets bootstrap_servers.
+    assert config_error(raw) == "config: kafka.bootstrap_server: unknown key"
 
 
 def test_unknown_provider_key_is_named_by_account_not_by_kind() -> None:
@@ -230,7 +232,9 @@ def test_unknown_provider_key_is_named_by_account_not_by_kind() -> None:
 def test_unknown_nested_section_key_is_named() -> None:
     raw = with_provider(kind="shipstation", base_url="https://a.example", api_key="k")
     raw["processing"] = {"retry": {"max_attempt": 3}}
-    assert config_error(raw).endswith("processing.retry.max_attempt: unknown key")
+    assert config_error(raw).endswith(
+        "processing.retry.max_attempt: unknown key (did you mean max_attempts?)"
+    )
 
 
 def test_unknown_provider_kind_is_refused_naming_the_account() -> None:
@@ -333,6 +337,195 @@ def test_missing_kafka_section_is_named() -> None:
     raw = with_provider(kind="shipstation", base_url="https://a.example", api_key="k")
     del raw["kafka"]
     assert config_error(raw, env={}) == "config: kafka: Field required"
+
+
+def test_several_problems_are_each_named_unknown_keys_first() -> None:
+    raw = with_provider(kind="shipstation", base_url="https://a.example", api_key="k")
+    raw["kafka"] = {"bootstrap_server": "typo:9092"}
+    assert config_error(raw) == (
+        "config: 2 problems: "
+        "kafka.bootstrap_server: unknown key (did you mean bootstrap_servers?); "
+        "kafka.bootstrap_servers: Field required"
+    )
+
+
+def test_other_problems_keep_their_order_after_the_unknown_keys() -> None:
+    raw = with_provider(kind="shipstation", base_url="ftp://a.example", api_key="k")
+    raw["processing"] = {"max_in_flight": 0, "retry": {"max_attempts": 0}}
+    raw["telemetry"] = {"log_formt": "text"}
+    message = config_error(raw)
+    assert message.startswith("config: 4 problems: ")
+    problems = message.removeprefix("config: 4 problems: ").split("; ")
+    assert [problem.split(": ")[0] for problem in problems] == [
+        "telemetry.log_formt",
+        "processing.max_in_flight",
+        "processing.retry.max_attempts",
+        "providers.acct.base_url",
+    ]
+
+
+def test_did_you_mean_knows_each_provider_kinds_keys() -> None:
+    raw = with_provider(
+        kind="shipstation", base_url="https://a.example", api_key="k", void_label=True
+    )
+    assert config_error(raw) == (
+        "config: providers.acct.void_label: unknown key (did you mean void_labels?)"
+    )
+    message = config_error(mvmnt(access_token="t", tokn_url="https://a.example/token"))
+    assert message == "config: providers.acct.tokn_url: unknown key (did you mean token_url?)"
+
+
+def test_no_did_you_mean_when_no_key_is_close() -> None:
+    raw = with_provider(kind="shipstation", base_url="https://a.example", api_key="k")
+    raw["telemetry"] = {"colour": "always"}
+    assert config_error(raw) == "config: telemetry.colour: unknown key"
+
+
+def test_several_problems_never_show_their_values() -> None:
+    secret = SECRETS["SHIPSTATION_API_KEY"]
+    raw = with_provider(kind="shipstation", base_url=f"ftp://{secret}", api_key=secret)
+    raw["providers"]["acct"]["api_keys"] = secret
+    raw["kafka"].update(sasl_pasword=secret, session_timeout_ms=secret)
+    message = config_error(raw)
+    assert message.startswith("config: 4 problems: ")
+    assert secret not in message
+
+
+# --- log level --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        ("info", "INFO"),
+        ("Info", "INFO"),
+        (" debug ", "DEBUG"),
+        ("warn", "WARNING"),
+        ("Warning", "WARNING"),
+        ("ERROR", "ERROR"),
+    ],
+)
+def test_log_level_is_accepted_in_any_case(written: str, stored: str) -> None:
+    raw = with_provider(kind="shipstation", base_url="https://a.example", api_key="k")
+    raw["telemetry"] = {"log_level": written}
+    assert settings_from_mapping(raw, {}).telemetry.log_level == stored
+
+
+def test_unknown_log_level_is_refused() -> None:
+    raw = with_provider(kind="shipstation", base_url="https://a.example", api_key="k")
+    raw["telemetry"] = {"log_level": "verbose"}
+    assert config_error(raw).startswith("config: telemetry.log_level: Input should be")
+
+
+# --- empty secrets ----------------------------------------------------------------------------
+
+
+def _with_sasl_password(value: str) -> dict[str, Any]:
+    raw = with_provider(kind="shipstation", base_url="https://a.example", api_key="k")
+    raw["kafka"].update(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="cancel-processor",
+        sasl_password=value,
+    )
+    return raw
+
+
+def _with_source_secret(value: str) -> dict[str, Any]:
+    return {
+        "kafka": {"bootstrap_servers": "b:9092"},
+        "ingress": {"sources": {"erp": {"secret": value}}},
+    }
+
+
+# (model, field) -> a config setting it to a value, and the key the error must name.
+SECRET_FIELDS: dict[tuple[str, str], tuple[Callable[[str], dict[str, Any]], str]] = {
+    ("KafkaSettings", "sasl_password"): (_with_sasl_password, "kafka.sasl_password"),
+    ("ShipStationSettings", "api_key"): (
+        lambda v: with_provider(kind="shipstation", base_url="https://a.example", api_key=v),
+        "providers.acct.api_key",
+    ),
+    ("MvmntSettings", "client_secret"): (
+        lambda v: mvmnt(token_url="https://a.example/token", client_id="c", client_secret=v),
+        "providers.acct.client_secret",
+    ),
+    ("MvmntSettings", "access_token"): (
+        lambda v: mvmnt(access_token=v),
+        "providers.acct.access_token",
+    ),
+    ("IngressSourceSettings", "secret"): (_with_source_secret, "ingress.sources.erp.secret"),
+}
+
+
+def _settings_models(node: Any, found: set[type[BaseModel]] | None = None) -> set[type[BaseModel]]:
+    """Every settings model reachable from ``node`` through fields, dicts, unions, Annotated."""
+    found = set() if found is None else found
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        if node not in found:
+            found.add(node)
+            for field in node.model_fields.values():
+                _settings_models(field.annotation, found)
+    else:
+        for arg in get_args(node):
+            _settings_models(arg, found)
+    return found
+
+
+def test_every_secret_field_is_covered_by_the_empty_secret_tests() -> None:
+    secret_fields = {
+        (model.__name__, name)
+        for model in _settings_models(Settings)
+        for name, field in model.model_fields.items()
+        if SecretStr in (field.annotation, *get_args(field.annotation))
+    }
+    assert secret_fields == set(SECRET_FIELDS)
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\t\n"], ids=["empty", "spaces", "whitespace"])
+@pytest.mark.parametrize("field", list(SECRET_FIELDS), ids=".".join)
+def test_empty_secret_is_refused_naming_the_key(field: tuple[str, str], value: str) -> None:
+    build, key = SECRET_FIELDS[field]
+    assert config_error(build(value), env={}) == f"config: {key}: must not be empty"
+
+
+@pytest.mark.parametrize("field", list(SECRET_FIELDS), ids=".".join)
+def test_secret_from_an_empty_variable_names_the_variable(field: tuple[str, str]) -> None:
+    build, key = SECRET_FIELDS[field]
+    message = config_error(build("${CANCEL_SECRET}"), env={"CANCEL_SECRET": ""})
+    assert message == f'config: {key}: must not be empty (is CANCEL_SECRET set to ""?)'
+
+
+def test_an_empty_secret_is_named_beside_other_problems_without_their_values() -> None:
+    raw = _with_sasl_password("${KAFKA_SASL_PASSWORD}")
+    raw["providers"]["acct"]["api_key"] = "${SHIPSTATION_API_KEY}"
+    raw["providers"]["acct"]["base_url"] = "ftp://${SHIPSTATION_API_KEY}"
+    message = config_error(raw, env={"KAFKA_SASL_PASSWORD": " ", **SECRETS})
+    assert message == (
+        "config: 2 problems: "
+        'kafka.sasl_password: must not be empty (is KAFKA_SASL_PASSWORD set to ""?); '
+        "providers.acct.base_url: String should match pattern '^https?://'"
+    )
+
+
+# --- descriptions -----------------------------------------------------------------------------
+
+
+def test_every_setting_has_a_description() -> None:
+    # The configuration reference is rendered from these: key, type, default, description.
+    models = _settings_models(Settings)
+    kinds = {
+        get_args(m.model_fields["kind"].annotation)[0] for m in models if "kind" in m.model_fields
+    }
+    assert kinds == set(PROVIDER_KINDS)
+    assert {ShipStationSettings, MvmntSettings, IngressSourceSettings} <= models
+    undescribed = [
+        f"{model.__name__}.{name}"
+        for model in models
+        for name, field in model.model_fields.items()
+        if not (field.description or "").strip()
+    ]
+    assert not undescribed, f"add a docstring below each of: {sorted(undescribed)}"
+    assert not [m.__name__ for m in models if not (m.__doc__ or "").strip()]
 
 
 # --- the file itself --------------------------------------------------------------------------
