@@ -25,10 +25,12 @@ K8S = OPS / "k8s"
 # The kustomize component both kustomizations use: the config and the image.
 K8S_CONFIG = K8S / "config"
 K8S_TOPICS = K8S / "topics"
-RUNBOOK = OPS / "RUNBOOK.md"
+# The documentation pages the ops checks read (the MkDocs site under docs/).
+DOCS = ROOT / "docs"
+RUNBOOK = DOCS / "runbook.md"
+DEPLOY_DOC = DOCS / "deploy.md"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-README = ROOT / "README.md"
 
 # The metric names of the shared contract (Prometheus names as scraped from /metrics).
 HISTOGRAMS = {

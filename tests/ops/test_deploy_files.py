@@ -36,6 +36,7 @@ from consumer.simulator import SimulatorOptions
 from tests.ops.files import (
     COLLECTOR,
     COMPOSE,
+    DEPLOY_DOC,
     DOCKERFILE,
     DOCKERIGNORE,
     JAEGER,
@@ -45,7 +46,6 @@ from tests.ops.files import (
     OPS,
     PROCESSOR_TOML,
     PROMETHEUS,
-    README,
     ROOT,
     compose,
     configmap_toml,
@@ -76,7 +76,6 @@ SHIPSTATION_LIMIT_PER_MINUTE = 200
 # Which test module checks each file under ops/ (a new file needs a check, then a line here).
 CHECKED = {
     "README.md": "test_ops_readme_points_to_every_part",
-    "RUNBOOK.md": "test_monitoring",
     "compose.yaml": "compose tests below",
     "otel-collector.yaml": "test_collector_sends_traces_to_jaeger",
     "jaeger.yaml": "test_jaeger_v2_takes_otlp_from_the_collector",
@@ -172,8 +171,7 @@ def test_dockerfile_base_is_pinned_and_shared_by_every_stage() -> None:
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base_image())
     stages = [rest for kw, rest in dockerfile_instructions() if kw == "FROM"]
     assert stages == [f"${{PYTHON_IMAGE}} AS {s}" for s in ("requirements", "builder", "runtime")]
-    readme = README.read_text(encoding="utf-8")
-    assert f"`{base_image()}`" in readme[readme.index("## Deploy") :], "README quotes the tag"
+    assert f"`{base_image()}`" in DEPLOY_DOC.read_text(encoding="utf-8"), "deploy.md quotes it"
 
 
 def requirements_list(tmp_path: Path, extras: str) -> list[str]:
@@ -567,10 +565,9 @@ def test_kustomizations_split_the_topic_job_from_the_processor() -> None:
         assert generator["name"] in {v.get("configMap", {}).get("name") for v in volumes}
     (image,) = shared["images"]
     assert f"{image['newName']}:{image['newTag']}" == IMAGE
-    readme = README.read_text(encoding="utf-8")
-    deploy = readme[readme.index("## Deploy") :]
+    deploy = DEPLOY_DOC.read_text(encoding="utf-8")
     order = [deploy.index(f"apply -k ops/k8s{d}\n") for d in ("/topics", "")]
-    assert order == sorted(order), "README applies the topic Job before the processor"
+    assert order == sorted(order), "deploy.md applies the topic Job before the processor"
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (kustomize)")
@@ -695,13 +692,13 @@ def test_a_private_kafka_ca_is_one_uncommenting_away() -> None:
     assert "# - parameter: ca" in keda
     assert "#   name: shipment-cancel-processor-kafka-ca" in keda
     assert f"#   key: {key}" in keda
-    readme = README.read_text(encoding="utf-8")
+    deploy = DEPLOY_DOC.read_text(encoding="utf-8")
     assert f"create secret generic shipment-cancel-processor-kafka-ca --from-file={key}=" in (
-        " ".join(readme.split())
+        " ".join(deploy.split())
     )
 
 
-def test_secrets_come_from_secret_refs_documented_in_the_readme() -> None:
+def test_secrets_come_from_secret_refs_documented_in_the_deploy_page() -> None:
     refs = secret_refs(deployment())
     text = configmap_toml()
     secret_vars = {
@@ -715,10 +712,9 @@ def test_secrets_come_from_secret_refs_documented_in_the_readme() -> None:
     assert secret_vars == set(refs), "credentials come from the Secret, never a literal"
     names = {name for name, _ in refs.values()}
     assert names == {"shipment-cancel-processor"}
-    readme = README.read_text(encoding="utf-8")
-    deploy = readme[readme.index("## Deploy") :]
+    deploy = DEPLOY_DOC.read_text(encoding="utf-8")
     for _, key in refs.values():
-        assert f"--from-literal={key}=" in deploy, f"README Deploy does not create {key}"
+        assert f"--from-literal={key}=" in deploy, f"deploy.md does not create {key}"
 
 
 def test_topics_job_needs_only_kafka_credentials() -> None:
@@ -775,8 +771,8 @@ def test_keda_scales_on_the_input_topic_up_to_the_partitions() -> None:
     assert meta["tls"] == ("enable" if "SSL" in settings.kafka.security_protocol else "disable")
     # A stuck partition's lag cannot be worked off by more pods.
     assert meta["excludePersistentLag"] == "true"
-    readme = README.read_text(encoding="utf-8")
-    assert f"`lagThreshold` ({meta['lagThreshold']})" in readme, "README Scaling quotes it"
+    deploy = DEPLOY_DOC.read_text(encoding="utf-8")
+    assert f"`lagThreshold` ({meta['lagThreshold']})" in deploy, "deploy.md Scaling quotes it"
     assert meta["offsetResetPolicy"] == AUTO_OFFSET_RESET
     auth = k8s("TriggerAuthentication")
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
@@ -800,24 +796,26 @@ def test_provider_rate_limits_hold_at_full_scale() -> None:
 
 def test_ops_readme_points_to_every_part() -> None:
     text = (OPS / "README.md").read_text(encoding="utf-8")
-    for part in ("compose.yaml", "k8s/", "RUNBOOK.md", "alerts.yml", "dashboards"):
+    for part in ("compose.yaml", "k8s/", "alerts.yml", "dashboards"):
         assert part in text
+    # The how-to and the runbook are documentation pages now; the index points at them.
+    for page in ("docs/deploy.md", "docs/operating.md", "docs/runbook.md"):
+        assert f"(../{page})" in text, f"ops/README.md does not link {page}"
+        assert (ROOT / page).is_file(), page
 
 
-def test_readme_deploy_section_walks_from_image_to_alerts() -> None:
-    readme = README.read_text(encoding="utf-8")
-    deploy = readme[readme.index("## Deploy") :]
-    deploy = deploy[: deploy.find("\n## ", 1)] if "\n## " in deploy[1:] else deploy
+def test_deploy_doc_walks_from_image_to_alerts() -> None:
+    deploy = DEPLOY_DOC.read_text(encoding="utf-8")
     for step in (
         "docker build",
         "cancel-processor topics",
         "create secret generic shipment-cancel-processor",
         "apply -k ops/k8s",
         "KEDA",
-        "ops/RUNBOOK.md",
+        "(runbook.md)",
         "docker compose -f ops/compose.yaml up",
     ):
-        assert step in deploy, f"README Deploy does not mention {step!r}"
+        assert step in deploy, f"docs/deploy.md does not mention {step!r}"
 
 
 def test_example_and_ops_configs_have_the_same_sections() -> None:

@@ -16,9 +16,10 @@ from tests.ops.files import (
     ALERTS,
     CONTRACT_METRICS,
     COUNTERS,
+    DEPLOY_DOC,
     GRAFANA_PROVISIONING,
     PROMETHEUS,
-    README,
+    ROOT,
     RUNBOOK,
     SELECTABLE,
     alert_rules,
@@ -144,18 +145,20 @@ def test_alert_has_severity_summary_and_its_runbook_section(rule: dict[str, Any]
     assert annotations["summary"]
     assert annotations["description"]
     anchor = rule["alert"].lower()
-    # Absolute (Alertmanager and Grafana link it as is), on one base the README explains.
-    assert annotations["runbook_url"] == f"{RUNBOOK_BASE}/ops/RUNBOOK.md#{anchor}"
-    assert anchor in runbook_sections(), f"ops/RUNBOOK.md has no section ## {rule['alert']}"
+    # Absolute (Alertmanager and Grafana link it as is), on one base docs/deploy.md explains.
+    assert annotations["runbook_url"] == f"{RUNBOOK_BASE}/{RUNBOOK_PATH}#{anchor}"
+    assert anchor in runbook_sections(), f"{RUNBOOK_PATH} has no section ## {rule['alert']}"
 
 
-# The placeholder base of every runbook_url; README "What to watch" says how to replace it.
+# The placeholder base of every runbook_url; docs/deploy.md ("Runbook links") says how to
+# replace it.
 RUNBOOK_BASE = "https://git.example.com/shipment-cancel-processor/blob/main"
+RUNBOOK_PATH = RUNBOOK.relative_to(ROOT).as_posix()
 
 
-def test_readme_explains_the_runbook_url_placeholder() -> None:
-    readme = README.read_text(encoding="utf-8")
-    assert f"sed -i 's|{RUNBOOK_BASE}|" in readme
+def test_deploy_doc_explains_the_runbook_url_placeholder() -> None:
+    deploy = DEPLOY_DOC.read_text(encoding="utf-8")
+    assert f"sed -i 's|{RUNBOOK_BASE}|" in deploy
     assert RUNBOOK_BASE in ALERTS.read_text(encoding="utf-8").split("groups:")[0]
 
 
@@ -198,14 +201,31 @@ def test_provider_errors_count_calls_without_an_answer() -> None:
     assert 'http_response_status_code="", error_type!=""' in panel
 
 
+def heading_anchor(title: str) -> str:
+    """The anchor of a heading, as GitHub and MkDocs (toc) make it: lower case, punctuation
+    dropped, spaces to hyphens."""
+    return re.sub(r"[^a-z0-9 -]", "", title.strip().lower()).replace(" ", "-")
+
+
+def test_heading_anchor_is_the_toc_slug() -> None:
+    assert heading_anchor("CancelProcessorLagGrowing") == "cancelprocessorlaggrowing"
+    assert heading_anchor("Reading topics (kafka-tools)") == "reading-topics-kafka-tools"
+    assert heading_anchor("Which orders failed, and why") == "which-orders-failed-and-why"
+
+
 def runbook_sections() -> dict[str, str]:
-    """GitHub anchor -> body of every level-2 section."""
+    """Anchor -> body of every level-2 section (its level-3 subsections included)."""
     text = RUNBOOK.read_text(encoding="utf-8")
     parts = re.split(r"(?m)^## (.+)$", text)
     return {
-        re.sub(r"[^a-z0-9 -]", "", title.strip().lower()).replace(" ", "-"): body
-        for title, body in zip(parts[1::2], parts[2::2], strict=True)
+        heading_anchor(title): body for title, body in zip(parts[1::2], parts[2::2], strict=True)
     }
+
+
+def runbook_anchors() -> set[str]:
+    """Anchors of every heading of the runbook, outside code blocks."""
+    text = re.sub(r"(?ms)^```.*?^```", "", RUNBOOK.read_text(encoding="utf-8"))
+    return {heading_anchor(title) for title in re.findall(r"(?m)^#{1,6} (.+)$", text)}
 
 
 def test_runbook_sections_say_what_it_means_how_to_find_and_what_to_do() -> None:
@@ -238,7 +258,7 @@ def test_runbook_explains_traces_and_redrive() -> None:
     # would run `cancel-processor cancel-processor`.
     assert not re.search(r"kubectl run [^\n]*-- cancel-processor", RUNBOOK.read_text("utf-8"))
     anchors = set(re.findall(r"\]\(#([a-z0-9-]+)\)", RUNBOOK.read_text(encoding="utf-8")))
-    assert anchors <= set(runbook_sections()), "a link to a missing runbook section"
+    assert anchors <= runbook_anchors(), "a link to a missing runbook section"
 
 
 def test_prometheus_loads_the_alert_rules() -> None:
@@ -336,10 +356,8 @@ def documented_commands(text: str) -> list[str]:
 
 
 def test_commands_in_the_runbook_and_deploy_docs_are_real() -> None:
-    readme = README.read_text(encoding="utf-8")
-    deploy = readme[readme.index("## Deploy") :]
     commands = documented_commands(RUNBOOK.read_text(encoding="utf-8")) + documented_commands(
-        deploy
+        DEPLOY_DOC.read_text(encoding="utf-8")
     )
     assert any(c.startswith("cancel-processor redrive") for c in commands)
     parser = build_parser()
