@@ -1,4 +1,4 @@
-"""Command line: argument parsing only; the work lives in app, demo and simulator."""
+"""Command line: argument parsing only; the work lives in app, the tools and the simulator."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
+from typing import TypeAlias
 
 from aiokafka.errors import KafkaError
 
@@ -26,6 +29,12 @@ from consumer.observability.logs import configure_logging
 from consumer.simulator import SimulatorOptions, serve_forever
 from consumer.tools.demo import run_demo
 from consumer.tools.embedded_broker import EmbeddedBrokerError
+from consumer.tools.local_broker import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    LocalBrokerError,
+    serve_broker,
+)
 from consumer.tools.redrive import (
     DEFAULT_INPUT_LOOKBACK,
     SOURCES,
@@ -40,34 +49,110 @@ from consumer.tools.redrive import (
 from consumer.tools.topics import TopicsError, provision_topics
 from consumer.tools.traffic import run_traffic_until_signalled
 
+DISTRIBUTION = "shipment-cancel-processor"
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of the examples and appends "(default: ...)" to every option
+    that has one (unlike ``ArgumentDefaultsHelpFormatter``, not "None" or "False")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        has_default = default is not None and default is not False and default != argparse.SUPPRESS
+        # A help text naming its default already says it in words ("default: both").
+        if not action.option_strings or not has_default or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _command(
+    commands: Commands, name: str, summary: str, *examples: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose help starts with ``summary`` and ends with ``examples``."""
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=f"{summary[0].upper()}{summary[1:]}.",
+        epilog=_examples(*examples),
+        formatter_class=HelpFormatter,
+    )
+
+
+def _examples(*lines: str) -> str:
+    return "example:\n" + "\n".join(f"  {line}" for line in lines)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cancel-processor",
         description="Cancel shipments for order-cancelled events from Kafka.",
+        epilog=_examples(
+            "cancel-processor demo", "cancel-processor run --config examples/local.toml"
+        )
+        + "\n\n'cancel-processor COMMAND --help' shows a command's options and an example.",
+        formatter_class=HelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", title="commands"
+    )
 
-    run = commands.add_parser("run", help="run the processor until SIGTERM/SIGINT")
+    run = _command(
+        commands,
+        "run",
+        "run the processor until SIGTERM/SIGINT",
+        "cancel-processor run --config examples/local.toml",
+        "CANCEL_PROCESSOR_CONFIG=config.toml cancel-processor run",
+    )
     _add_config(run)
 
-    demo = commands.add_parser(
-        "demo", help="embedded broker + provider simulator + sample events, results printed"
+    demo = _command(
+        commands,
+        "demo",
+        "embedded broker + provider simulator + sample events, results printed",
+        "cancel-processor demo --timeout 120",
     )
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results")
 
-    ingress = commands.add_parser(
-        "ingress", help="serve signed order-cancelled webhooks and publish them to Kafka"
+    broker = _command(
+        commands,
+        "broker",
+        "run the embedded Kafka-compatible broker (in memory) until Ctrl-C, for local work",
+        "cancel-processor broker",
+        "cancel-processor broker --port 19092",
     )
-    _add_config(ingress, "[providers] is not read")
+    broker.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
+    broker.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="port to listen on; 0 picks a free one"
+    )
 
-    sim = commands.add_parser("simulate", help="serve the providers' APIs on loopback")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8900)
+    sim = _command(
+        commands,
+        "simulate",
+        "serve the providers' APIs (ShipStation, MVMNT) on loopback, with faults by shipment id",
+        "cancel-processor simulate --port 8900 --latency-ms 50",
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sim.add_argument("--port", type=int, default=8900, help="port to listen on")
     sim.add_argument("--latency-ms", type=float, default=0.0, help="added to every provider call")
-    sim.add_argument("--shipstation-api-key", default="sim-shipstation-key")
-    sim.add_argument("--mvmnt-client-id", default="sim-mvmnt-client")
-    sim.add_argument("--mvmnt-client-secret", default="sim-mvmnt-secret")
+    sim.add_argument(
+        "--shipstation-api-key",
+        default="sim-shipstation-key",
+        help="the API-Key ShipStation calls must carry",
+    )
+    sim.add_argument(
+        "--mvmnt-client-id",
+        default="sim-mvmnt-client",
+        help="the OAuth2 client id MVMNT token requests must carry",
+    )
+    sim.add_argument(
+        "--mvmnt-client-secret",
+        default="sim-mvmnt-secret",
+        help="the OAuth2 client secret MVMNT token requests must carry",
+    )
     sim.add_argument(
         "--mvmnt-static-token", default=None, help="also accept this Bearer token (static tokens)"
     )
@@ -75,8 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--request-log-size", type=int, default=1000, help="requests GET /_admin/requests keeps"
     )
 
-    topics = commands.add_parser(
-        "topics", help="create the four topics from [kafka]/[topics] and verify existing ones"
+    topics = _command(
+        commands,
+        "topics",
+        "create the topics from [kafka]/[topics] and verify existing ones",
+        "cancel-processor topics --config examples/local.toml",
+        "cancel-processor topics --config config.toml --check",
     )
     _add_config(topics, "reads only [kafka] and [topics]")
     topics.add_argument(
@@ -85,15 +174,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="create nothing; exit 1 when a topic is missing or differs from the config",
     )
 
-    traffic = commands.add_parser(
-        "demo-traffic", help="publish sample events to the input topic at a steady rate (demos)"
+    traffic = _command(
+        commands,
+        "demo-traffic",
+        "publish sample events to the input topic at a steady rate (demos; never production)",
+        "cancel-processor demo-traffic --config examples/local.toml --count 10",
     )
     _add_config(traffic, "reads only [kafka]")
     traffic.add_argument("--rate", type=float, default=2.0, help="events per second")
-    traffic.add_argument("--count", type=int, default=None, help="stop after this many events")
+    traffic.add_argument(
+        "--count", type=int, default=None, help="stop after this many events (default: never)"
+    )
 
     _add_redrive(commands)
+
+    ingress = _command(
+        commands,
+        "ingress",
+        "serve signed order-cancelled webhooks and publish them to Kafka",
+        "cancel-processor ingress --config config.toml",
+    )
+    _add_config(ingress, "[providers] is not read")
     return parser
+
+
+def _version() -> str:
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _add_config(command: argparse.ArgumentParser, reads: str = "") -> None:
@@ -106,10 +215,12 @@ def _add_config(command: argparse.ArgumentParser, reads: str = "") -> None:
     )
 
 
-def _add_redrive(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    redrive = commands.add_parser(
+def _add_redrive(commands: Commands) -> None:
+    redrive = _command(
+        commands,
         "redrive",
-        help="re-publish DLQ records and retryable cancel-failed results to the input topic",
+        "re-publish DLQ records and retryable cancel-failed results to the input topic",
+        "cancel-processor redrive --config config.toml --source failed --since 6h --dry-run",
     )
     _add_config(redrive, "reads only [kafka]")
     redrive.add_argument(
@@ -144,6 +255,16 @@ def _add_redrive(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
+    return port
+
+
 def _time_arg(text: str) -> datetime:
     try:
         return parse_time(text)
@@ -165,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args.config)
         if args.command == "demo":
             return _demo(args.timeout)
+        if args.command == "broker":
+            return _broker(args.host, args.port)
         if args.command == "simulate":
             return _simulate(args)
         if args.command == "ingress":
@@ -228,6 +351,14 @@ def _demo(timeout: float) -> int:
         return 1
 
 
+def _broker(host: str, port: int) -> int:
+    try:
+        return asyncio.run(serve_broker(host, port))
+    except LocalBrokerError as exc:  # the port is taken, the [demo] extra is missing
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def _simulate(args: argparse.Namespace) -> int:
     configure_logging("INFO", "text")
     options = SimulatorOptions(
@@ -241,8 +372,17 @@ def _simulate(args: argparse.Namespace) -> int:
         request_log_size=args.request_log_size,
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(options))
+        asyncio.run(_simulate_until_sigterm(options))
     return 0
+
+
+async def _simulate_until_sigterm(options: SimulatorOptions) -> None:
+    """``serve_forever`` until SIGTERM, which stops it as cleanly as Ctrl-C does (exit 0)."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await serve_forever(options)
 
 
 def _kafka_tool_settings(config_path: str | None) -> Settings | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -40,13 +41,18 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """``2026-12-06T05:40:01.123Z info    consumer.runner: message key=value ...``: the time
+    in UTC, as in the JSON lines, so lines from several processes line up."""
+
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(
             f"{k}={v}"
             for k, v in record.__dict__.items()
             if k not in _STANDARD and not k.startswith("_")
         )
-        line = f"{record.levelname.lower():7} {record.name}: {record.getMessage()}"
+        seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        stamp = f"{seconds}.{int(record.msecs):03d}Z"
+        line = f"{stamp} {record.levelname.lower():7} {record.name}: {record.getMessage()}"
         if extras:
             line = f"{line} {extras}"
         if record.exc_info:
@@ -109,7 +115,8 @@ def _flush_handlers() -> None:
 
 def configure_logging(level: str, fmt: str, *, buffered: bool = False) -> None:
     """One handler on the root logger, to standard error; ``buffered`` (for ``run``, which
-    runs ``flushing_logs``): see ``BufferedStreamHandler``."""
+    runs ``flushing_logs``): see ``BufferedStreamHandler``. ``level`` in any case."""
+    level = level.upper()
     # Neither format prints the source line, thread or process of a record: don't look
     # them up for every line (the logging HOWTO's "Optimization" switches).
     logging._srcfile = None
