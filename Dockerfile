@@ -48,7 +48,7 @@ COPY constraints.txt ./
 COPY --from=requirements /src/requirements.txt ./
 RUN pip --python /opt/venv/bin/python install -c constraints.txt -r requirements.txt
 # Then the code alone: its dependencies are all in place already.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY consumer ./consumer
 RUN pip --python /opt/venv/bin/python install --no-deps .
 
