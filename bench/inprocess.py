@@ -9,7 +9,7 @@ Kafka is the in-memory clients of ``consumer.kafka.memory`` and each provider an
 at once through ``httpx.MockTransport``. Prints the CPU per event of each run and the best.
 
 On a shared machine ``make bench`` moved by a third between runs and this by about 15 %:
-compare the best of several runs. It is what the per-event costs in README "Performance"
+compare the best of several runs. It is what the per-event costs in docs/performance.md
 were measured with. It leaves out the socket work (HTTP, Kafka) and the broker's and
 simulator's share of the cores.
 """

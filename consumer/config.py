@@ -224,7 +224,7 @@ class TopicsSettings(_Frozen):
     """[topics]: what ``cancel-processor topics`` creates and verifies; ``run`` ignores it."""
 
     partitions: int = Field(default=6, ge=1, le=10_000)
-    """Partitions of each of the four topics; the input's count caps how many processes share
+    """Partitions of each of the five topics; the input's count caps how many processes share
     the work."""
     replication_factor: int = Field(default=3, ge=1, le=32)
     """Copies of each partition: 3 survive the loss of a broker; a single-node broker needs 1."""

@@ -1,4 +1,4 @@
-"""The one complete order.cancelled v1 event (README "Event contracts (v1)",
+"""The one complete order.cancelled v1 event (docs/events.md,
 ``schemas/order.cancelled.v1.json``): the webhook's request body example, and what the
 tests, the benchmark and the sample traffic build their events from, overriding what they
 need (a fresh ``event_id``, their ``order_id``, ``shipments``) and keeping the rest."""

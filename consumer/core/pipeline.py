@@ -103,7 +103,7 @@ def shipment_result_id(event: OrderCancelled, shipment: ShipmentRef) -> uuid.UUI
     """The id of the shipment's result event; also its calls' ``Idempotency-Key``.
 
     Computed once per shipment and handed to both: a cache of ids would keep thousands of
-    objects alive for every garbage collection to traverse (README "Performance").
+    objects alive for every garbage collection to traverse (docs/performance.md).
     """
     return result_event_id(event.event_id, shipment.provider, shipment.shipment_id)
 

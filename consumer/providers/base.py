@@ -180,8 +180,8 @@ class ProviderSettingsBase(BaseModel):
     max_concurrency: int = Field(default=64, ge=1)
     """Calls in flight at once for this account, shared by all events."""
     rate_limit_per_minute: float | None = Field(default=None, gt=0)
-    """Refill rate of the account's token bucket, shared by all events; unset, no limit of our
-    own (the provider's 429s are still honoured)."""
+    """Requests per minute this account sends at most, paced evenly and shared by all events;
+    unset, no limit of our own (the provider's 429s are still honoured)."""
 
     @field_validator("*")
     @classmethod

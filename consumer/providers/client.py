@@ -5,7 +5,7 @@ hands them a ``TransportClient``, which gives each request straight to the accou
 transport. ``AsyncClient.send`` runs every request through an auth flow, redirect handling,
 event hooks and a cookie jar, none of which a provider call uses, and at thousands of calls
 a second that cost more CPU than the transport itself: 178 against 78 µs per call at
-concurrency 50 (README "Performance"). Requests, responses, timeouts and exceptions stay
+concurrency 50 (docs/performance.md). Requests, responses, timeouts and exceptions stay
 httpx's, so adapters and their tests (``httpx.MockTransport``) are the same either way.
 """
 

@@ -58,8 +58,8 @@ class ShipStationSettings(ProviderSettingsBase):
     """Whether a shipment's active label is voided so that it can be cancelled. Voiding costs
     money, so it is opt-in; without it a labelled shipment fails."""
     rate_limit_per_minute: float | None = 200.0
-    """Refill rate of the account's token bucket, shared by all events; the default is
-    ShipStation's documented limit."""
+    """Requests per minute this account sends at most, paced evenly and shared by all events;
+    the default is ShipStation's documented limit."""
 
 
 # How each ``error_code`` of ShipStation's enum refines the HTTP status's category.

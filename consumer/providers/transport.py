@@ -3,8 +3,8 @@
 httpx stays the client API (requests, responses, timeouts, errors); this replaces only
 what sits under it. httpx's own transport (httpcore) spends most of its time in pool
 bookkeeping once hundreds of calls are in flight, and an aiohttp session under httpx still
-costs as much again as httpx itself: README "Performance" has the figures that made us
-write this one (``python -m bench.transports`` reproduces them).
+costs as much again as httpx itself (``python -m bench.transports`` measures the three;
+docs/performance.md has the figures).
 
 What it does, and no more, because provider calls need no more:
 

@@ -1,4 +1,4 @@
-"""Garbage collection on a clock rather than on allocation counts (README "Performance").
+"""Garbage collection on a clock rather than on allocation counts (docs/performance.md).
 
 A processed event leaves no cyclic garbage: its objects die by reference counting
 (``providers.http.send`` breaks the one cycle httpx leaves per response). CPython's
@@ -8,8 +8,7 @@ processor's CPU and paused it for 4-50 ms, several times a second. A collection 
 clock costs the same pause, but when the clock says: every 10 s, it frees any cycle that
 does appear (an exception kept with its traceback, say) within 10 s of it becoming garbage.
 Once a second was tried first: each young collection still traversed 16,000-25,000 live
-objects of in-flight events and queued spans, 20-35 ms of CPU every second (README
-"Performance").
+objects of in-flight events and queued spans, 20-35 ms of CPU every second.
 """
 
 from __future__ import annotations

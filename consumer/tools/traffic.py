@@ -2,8 +2,9 @@
 
 Publishes order-cancelled events to the input topic at a fixed rate, naming the provider
 accounts ``shipstation`` and ``mvmnt`` with shipment ids that steer the provider simulator
-(see README): mostly plain cancels, plus rate limits, 5xx bursts, refusals, an unknown
-provider and now and then a record that is not JSON, so every panel and alert has data.
+(docs/simulator.md): mostly plain cancels, plus rate limits, 5xx bursts, refusals, an
+unknown provider and now and then a record that is not JSON, so every panel and alert has
+data.
 Never point it at a production topic.
 """
 
