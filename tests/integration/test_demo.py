@@ -89,17 +89,22 @@ async def test_results_not_arriving_in_time_name_every_sample_and_hint_at_the_ti
     assert "rerun with a longer --timeout" in err
 
 
-async def test_an_unreachable_broker_is_one_line_and_exit_1_within_seconds() -> None:
-    started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
+async def demo_process(*, bootstrap: str) -> asyncio.subprocess.Process:
+    """``cancel-processor demo`` as a subprocess, with ``KAFKA_BOOTSTRAP_SERVERS`` set so."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "consumer",
         "demo",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, BOOTSTRAP_ENV: "127.0.0.1:1"},
+        env={**os.environ, BOOTSTRAP_ENV: bootstrap},
     )
+
+
+async def test_an_unreachable_broker_is_one_line_and_exit_1_within_seconds() -> None:
+    started = time.monotonic()
+    process = await demo_process(bootstrap="127.0.0.1:1")
     _, err = await asyncio.wait_for(process.communicate(), timeout=30)
 
     assert process.returncode == 1
@@ -111,15 +116,7 @@ async def test_an_unreachable_broker_is_one_line_and_exit_1_within_seconds() -> 
 
 
 async def test_ctrl_c_early_in_the_demo_ends_it_promptly_and_cleanly() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "consumer",
-        "demo",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, BOOTSTRAP_ENV: ""},
-    )
+    process = await demo_process(bootstrap="")
     try:
         await asyncio.sleep(2.5)  # the broker starting, the processor joining
         process.send_signal(signal.SIGINT)

@@ -96,14 +96,8 @@ def child_env() -> Mapping[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in hidden}, "PYTHONWARNINGS": "default"}
 
 
-@contextlib.asynccontextmanager
-async def started(command: list[str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A long-running command of the page; stopped with SIGTERM if the test leaves it up.
-
-    SIGTERM first even then: ``broker`` stops its own broker process on the way out, which a
-    SIGKILL would leave behind.
-    """
-    process = await asyncio.create_subprocess_exec(
+async def spawn(command: list[str], cwd: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
         *command,
         cwd=cwd,
         env=child_env(),
@@ -111,6 +105,16 @@ async def started(command: list[str], cwd: Path) -> AsyncIterator[asyncio.subpro
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+@contextlib.asynccontextmanager
+async def started(command: list[str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A long-running command of the page; stopped with SIGTERM if the test leaves it up.
+
+    SIGTERM first even then: ``broker`` stops its own broker process on the way out, which a
+    SIGKILL would leave behind.
+    """
+    process = await spawn(command, cwd)
     try:
         yield process
     finally:
@@ -125,14 +129,7 @@ async def started(command: list[str], cwd: Path) -> AsyncIterator[asyncio.subpro
 
 async def finished(command: list[str], cwd: Path) -> tuple[int, str, str]:
     """A one-shot command of the page: its exit code, stdout and stderr."""
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        cwd=cwd,
-        env=child_env(),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn(command, cwd)
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
