@@ -140,7 +140,9 @@ def demo_settings(bootstrap: str, simulator: Simulator, suffix: str) -> Settings
                 "session_timeout_ms": 6000,
                 "heartbeat_interval_ms": 1000,
             },
-            "processing": {"retry": {"backoff_initial_seconds": 0.1}},
+            # A stop (Ctrl-C) must not wait out production's drain grace: when the terminal's
+            # Ctrl-C also stopped the embedded broker, nothing in flight can finish anyway.
+            "processing": {"drain_grace_seconds": 1.0, "retry": {"backoff_initial_seconds": 0.1}},
             "telemetry": {"log_level": "ERROR", "log_format": "text"},
             "providers": simulator.provider_accounts(),
         },
@@ -149,33 +151,45 @@ def demo_settings(bootstrap: str, simulator: Simulator, suffix: str) -> Settings
     )
 
 
+# Exit codes of a demo stopped by a signal, as a shell reports them (128 + the signal).
+_SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
 async def run_demo(timeout: float = 60.0) -> int:
-    """0 when every sample produced its expected results, 1 when not, 130 on Ctrl-C."""
+    """0 when every sample produced its expected results, 1 when not, 130 on Ctrl-C (143 on
+    SIGTERM); the embedded broker, the simulator and an external cluster's demo topics are
+    cleaned up in every case."""
     configure_logging("ERROR", "text")
     interrupted = asyncio.Event()
+    stopped_by: list[int] = []
     main = asyncio.current_task()
     assert main is not None
     loop = asyncio.get_running_loop()
 
-    def on_interrupt() -> None:
+    def on_signal(code: int) -> None:
         # A flag besides the cancellation: a library call that swallows the cancellation
         # must not let the demo carry on and exit 0.
+        if not interrupted.is_set():
+            print("stopping…", file=sys.stderr, flush=True)
+        stopped_by.append(code)
         interrupted.set()
         main.cancel()
 
-    loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    for sig, code in _SIGNAL_EXIT_CODES.items():
+        loop.add_signal_handler(sig, on_signal, code)
     try:
         code = await _run_demo(timeout, interrupted)
     except asyncio.CancelledError:
         if not interrupted.is_set():
             raise
-        return 130
+        return stopped_by[0]
     except DemoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
-    return 130 if interrupted.is_set() else code
+        for sig in _SIGNAL_EXIT_CODES:
+            loop.remove_signal_handler(sig)
+    return stopped_by[0] if stopped_by else code
 
 
 def _say(line: str) -> None:
@@ -269,10 +283,14 @@ async def _run_processor(settings: Settings, timeout: float, interrupted: asynci
     stop = asyncio.Event()
     processor = asyncio.create_task(run_service(settings, stop))
     try:
-        return await _publish_and_watch(settings, samples(), timeout, interrupted, processor)
+        code = await _publish_and_watch(settings, samples(), timeout, interrupted, processor)
     finally:
         stop.set()
-        await processor
+        await asyncio.wait({processor})  # its error, if any, is reported below
+    if not processor.cancelled() and (error := processor.exception()) is not None:
+        # Its own error says more than "rerun with a longer --timeout" would.
+        raise DemoError(f"the processor stopped: {error}")
+    return code
 
 
 async def _publish_and_watch(
@@ -302,6 +320,8 @@ async def _publish_and_watch(
         got = await _watch(watcher, kafka.dlq_topic, batch, ended)
     if interrupted.is_set():
         return 130
+    if processor.done():
+        return 1  # _run_processor says why
     return _verdict(batch, got, timeout)
 
 

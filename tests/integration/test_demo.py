@@ -5,6 +5,7 @@ one line for an unreachable broker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import re
@@ -12,6 +13,7 @@ import signal
 import sys
 import time
 from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -115,11 +117,37 @@ async def test_an_unreachable_broker_is_one_line_and_exit_1_within_seconds() -> 
     ]
 
 
-async def test_ctrl_c_early_in_the_demo_ends_it_promptly_and_cleanly() -> None:
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the demo's embedded broker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # The command name in parentheses may hold spaces: the parent pid follows it.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"]
+)
+async def test_a_signal_early_in_the_demo_ends_it_promptly_and_leaves_no_broker(
+    sig: signal.Signals, code: int
+) -> None:
     process = await demo_process(bootstrap="")
     try:
         await asyncio.sleep(2.5)  # the broker starting, the processor joining
-        process.send_signal(signal.SIGINT)
+        broker = children(process.pid)
+        process.send_signal(sig)
         started = time.monotonic()
         _, err = await asyncio.wait_for(process.communicate(), timeout=30)
         took = time.monotonic() - started
@@ -127,7 +155,9 @@ async def test_ctrl_c_early_in_the_demo_ends_it_promptly_and_cleanly() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 130, err.decode()
-    assert took < 12, f"Ctrl-C took {took:.1f}s"
+    assert process.returncode == code, err.decode()
+    assert took < 12, f"the stop took {took:.1f}s"
     assert "Traceback" not in err.decode()
     assert "Unclosed" not in err.decode()
+    assert broker, "the embedded broker had not started"
+    assert not [pid for pid in broker if alive(pid)], "the embedded broker was left running"
