@@ -13,6 +13,9 @@ DOCS_STAMP := $(VENV)/.installed-docs
 	faults clean bench bench-quick docs
 
 $(RUNTIME_STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+		echo "error: $(PYTHON) is older than Python 3.11; name a newer one: make $(MAKECMDGOALS) PYTHON=python3.12"; \
+		exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip==26.3"
 	$(PIP) -e ".[demo]"
