@@ -14,8 +14,8 @@ from what this module renders.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -34,7 +34,7 @@ GENERATED_DIR: Final = Path("docs/_generated")
 CONFIG_FILE: Final = "configuration.md"
 CLI_FILE: Final = "cli.md"
 # argparse wraps help to the terminal's width: a fixed one keeps the fragment stable.
-HELP_COLUMNS: Final = "100"
+HELP_WIDTH: Final = 98
 
 # Fragment name, schema file: one field table per event.
 EVENT_FRAGMENTS: Final = (
@@ -310,20 +310,18 @@ def cli_reference() -> str:
     # Imported here: the CLI pulls in every tool, which this module's other parts don't need.
     from consumer.cli import build_parser  # noqa: PLC0415
 
-    previous = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = HELP_COLUMNS
-    try:
-        parser = build_parser()
-        lines = [_HEADER.rstrip("\n"), "", "```text", parser.format_help().rstrip(), "```", ""]
-        for name, command in _subcommands(parser):
-            help_text = command.format_help().rstrip()
-            lines += [f"### `{name}`", "", "```text", help_text, "```", ""]
-    finally:
-        if previous is None:
-            del os.environ["COLUMNS"]
-        else:
-            os.environ["COLUMNS"] = previous
+    parser = build_parser()
+    lines = [_HEADER.rstrip("\n"), "", "```text", _help(parser), "```", ""]
+    for name, command in _subcommands(parser):
+        lines += [f"### `{name}`", "", "```text", _help(command), "```", ""]
     return "\n".join(lines)
+
+
+def _help(parser: argparse.ArgumentParser) -> str:
+    # At a fixed width: argparse otherwise wraps to the terminal running this.
+    formatter: Any = parser.formatter_class  # every argparse formatter takes width=
+    parser.formatter_class = functools.partial(formatter, width=HELP_WIDTH)
+    return parser.format_help().rstrip()
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
