@@ -5,7 +5,6 @@ one line for an unreachable broker."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import os
 import re
@@ -13,7 +12,6 @@ import signal
 import sys
 import time
 from contextlib import redirect_stderr, redirect_stdout
-from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -21,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from consumer.config import BOOTSTRAP_ENV
 from consumer.tools.demo import run_demo, samples
 from consumer.tools.demo_table import WIDTH
+from tests.processes import alive, children
 
 
 async def demo(timeout: float) -> tuple[int, str, str]:
@@ -115,26 +114,6 @@ async def test_an_unreachable_broker_is_one_line_and_exit_1_within_seconds() -> 
         "error: no Kafka broker answers at 127.0.0.1:1; start one there, or unset "
         f"{BOOTSTRAP_ENV} to use the embedded broker"
     ]
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (the demo's embedded broker)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # The command name in parentheses may hold spaces: the parent pid follows it.
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize(

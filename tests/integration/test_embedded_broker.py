@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 
 from consumer.tools import embedded_broker
 from consumer.tools.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
+from tests.processes import alive
 
 pytestmark = pytest.mark.integration
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_a_start_cancelled_before_the_broker_listens_stops_its_process(
