@@ -8,7 +8,6 @@ broker (Tansu, from the optional ``[demo]`` extra) on that address, until Ctrl-C
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import importlib.util
 import signal
@@ -109,9 +108,11 @@ def _settle(stopping: asyncio.Future[int], code: int) -> None:
 
 async def _until_stopped(host: str, port: int, stopping: asyncio.Future[int]) -> int:
     while True:
-        with contextlib.suppress(TimeoutError):
-            return await asyncio.wait_for(asyncio.shield(stopping), WATCH_SECONDS)
+        await asyncio.wait({stopping}, timeout=WATCH_SECONDS)
+        if stopping.done():
+            return stopping.result()
         if not await accepts_connections(host, port):
-            with contextlib.suppress(TimeoutError):
-                return await asyncio.wait_for(asyncio.shield(stopping), _SIGNAL_GRACE_SECONDS)
+            await asyncio.wait({stopping}, timeout=_SIGNAL_GRACE_SECONDS)
+            if stopping.done():
+                return stopping.result()
             raise LocalBrokerError(f"the broker on {host}:{port} stopped unexpectedly")
