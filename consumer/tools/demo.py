@@ -290,6 +290,8 @@ async def _run_processor(settings: Settings, timeout: float, interrupted: asynci
     if not processor.cancelled() and (error := processor.exception()) is not None:
         # Its own error says more than "rerun with a longer --timeout" would.
         raise DemoError(f"the processor stopped: {error}")
+    if code is None:
+        raise DemoError("the processor stopped before every result arrived")
     return code
 
 
@@ -299,7 +301,7 @@ async def _publish_and_watch(
     timeout: float,
     interrupted: asyncio.Event,
     processor: asyncio.Task[None],
-) -> int:
+) -> int | None:
     kafka = settings.kafka
     watcher = AIOKafkaConsumer(**client_options(kafka), enable_auto_commit=False)
     async with started(watcher):
@@ -321,7 +323,7 @@ async def _publish_and_watch(
     if interrupted.is_set():
         return 130
     if processor.done():
-        return 1  # _run_processor says why
+        return None  # _run_processor says why
     return _verdict(batch, got, timeout)
 
 
