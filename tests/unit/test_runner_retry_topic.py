@@ -30,6 +30,16 @@ class Partitioned(MemoryConsumer):
         return None if count is None else set(range(count))
 
 
+def runner_on(consumer: Partitioned) -> Runner:
+    return Runner(
+        KAFKA,
+        ProcessingSettings(),
+        Canceller({}, RetryPolicy()),
+        NoOpTracer(),
+        clients=memory_clients(consumer, MemoryProducer()),
+    )
+
+
 @pytest.mark.parametrize(
     ("counts", "message"),
     [
@@ -41,27 +51,13 @@ class Partitioned(MemoryConsumer):
 async def test_a_retry_topic_unlike_the_input_stops_the_run_with_one_line(
     counts: dict[str, int], message: str
 ) -> None:
-    consumer = Partitioned(counts)
-    runner = Runner(
-        KAFKA,
-        ProcessingSettings(),
-        Canceller({}, RetryPolicy()),
-        NoOpTracer(),
-        clients=memory_clients(consumer, MemoryProducer()),
-    )
+    runner = runner_on(Partitioned(counts))
     with pytest.raises(ConfigError, match=r"^kafka\.retry_topic: .*" + message):
         await asyncio.wait_for(runner.run(asyncio.Event()), timeout=10)
 
 
 async def test_a_retry_topic_like_the_input_is_fine() -> None:
-    consumer = Partitioned({KAFKA.input_topic: 6, KAFKA.retry_topic: 6})
-    runner = Runner(
-        KAFKA,
-        ProcessingSettings(),
-        Canceller({}, RetryPolicy()),
-        NoOpTracer(),
-        clients=memory_clients(consumer, MemoryProducer()),
-    )
+    runner = runner_on(Partitioned({KAFKA.input_topic: 6, KAFKA.retry_topic: 6}))
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     await asyncio.sleep(0.3)  # several commit ticks, each checking
