@@ -14,7 +14,8 @@ Slots are spaced so that no sliding minute holds more than the configured limit:
 
 The pace adapts (AIMD): a 429 the provider sends although we kept to our pace means its real
 limit is lower. The pace halves (at most once a minute: the provider's window), every slot
-waits for the ``Retry-After``, and a ceiling of 90 % of the pace that drew the 429 stops the
+waits for the ``Retry-After`` (the slots booked before are void: their requests book again
+after it), and a ceiling of 90 % of the pace that drew the 429 stops the
 climb back short of it. When we were sending near our pace (over the last minute, or since
 we started sending if that is less), the requests the provider took in that time are a
 measure of its real limit: the ceiling and the pace go at once to 90 % of that instead,
@@ -59,6 +60,8 @@ class Pace:
         self._ceiling = limit_per_minute
         # Theoretical arrival time of the next request (GCRA): the schedule's tail.
         self._tat = 0.0
+        # The end of the provider's latest Retry-After: no slot before it.
+        self._held_until = 0.0
         # The tail of the slots booked for parked shipments, ahead of the real schedule.
         self._parked_tat = 0.0
         self._last_change = clock()
@@ -105,11 +108,18 @@ class Pace:
         self._admitted += 1
         return Ticket(self)
 
-    def book(self) -> float:
-        """Book the next slot; the ``time.monotonic()`` (of the clock) it may go at."""
+    def next_slot(self) -> float:
+        """The clock time a request booked now would go at; nothing is booked."""
         now = self._clock()
-        start = max(now, max(self._tat, now) - self._tolerance)
-        self._tat = max(self._tat, now) + self._interval
+        return max(now, max(self._tat, now) - self._tolerance)
+
+    def book(self) -> float:
+        """Book the next slot; the ``time.monotonic()`` (of the clock) it may go at.
+
+        A booked slot counts until the epoch changes: book only a request that will wait
+        for it (a slot booked and left unused is capacity lost for good)."""
+        start = self.next_slot()
+        self._tat = max(self._tat, self._clock()) + self._interval
         return start
 
     def hold_send(self) -> float:
@@ -152,7 +162,14 @@ class Pace:
         self._last_throttled = now
         if retry_after is not None and retry_after > 0:
             # Every slot waits: the provider refuses the account, not just this request.
-            self._tat = max(self._tat, now + retry_after + self._tolerance)
+            self._held_until = max(self._held_until, now + retry_after)
+        self._decrease(now)
+        # The new epoch voids every slot booked so far, and their requests book again: the
+        # schedule starts afresh after the hold (kept, its void slots would never be used
+        # and the account would send less and less).
+        self._tat = max(now, self._held_until) + self._tolerance
+
+    def _decrease(self, now: float) -> None:
         if now - self._last_decrease < _DECREASE_EVERY_SECONDS:
             return  # the requests that were already on their way when the first 429 came
         self._last_decrease = now

@@ -87,18 +87,12 @@ class PacedTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         attempt = _current.get()
         pace = self._pace
+        self._refuse_a_long_wait()
         epoch = pace.epoch
         start = attempt.slot(pace) if attempt is not None else pace.book()
         began = time.monotonic()
         slept = False
         while (delay := start - time.monotonic()) > 0:
-            if self._max_wait is not None and delay > self._max_wait:
-                # The provider made the account wait (its Retry-After): park the shipment
-                # rather than hold its call slot and in-flight slot that long.
-                raise RateLimitedError(
-                    f"the provider holds this account's calls for {delay:.0f}s",
-                    retry_after=delay,
-                )
             if attempt is not None:
                 attempt.waited_for(delay)  # before the sleep: the budget must not fire in it
             await asyncio.sleep(delay)
@@ -106,6 +100,7 @@ class PacedTransport(httpx.AsyncBaseTransport):
             if pace.epoch == epoch:
                 break
             # Refused meanwhile: the slot was booked on a pace the provider does not take.
+            self._refuse_a_long_wait()
             epoch, start = pace.epoch, pace.book()
         while (hold := pace.hold_send()) > 0:
             # Sent late (a busy event loop): the requests booked after it must not go out
@@ -123,6 +118,18 @@ class PacedTransport(httpx.AsyncBaseTransport):
         elif response.status_code < 500:  # a 5xx says nothing of the rate it takes
             self._pace.succeeded()
         return response
+
+    def _refuse_a_long_wait(self) -> None:
+        """Before booking, never after: a slot booked and not used is lost to the account."""
+        if self._max_wait is None:
+            return
+        delay = self._pace.next_slot() - time.monotonic()
+        if delay > self._max_wait:
+            # The provider made the account wait (its Retry-After): park the shipment
+            # rather than hold its call slot and in-flight slot that long.
+            raise RateLimitedError(
+                f"the provider holds this account's calls for {delay:.0f}s", retry_after=delay
+            )
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -93,6 +93,37 @@ async def test_a_wait_longer_than_the_most_parks_instead() -> None:
     assert api.sent == []
 
 
+async def test_a_request_refused_for_a_long_wait_books_no_slot() -> None:
+    """Booked and not used, its slot would be lost to the account for good."""
+    pace = Pace(60)
+    pace.throttled(30.0)
+    tail = pace.next_slot()
+    client = TransportClient(PacedTransport(Recorded().transport, pace, max_wait_seconds=10))
+    for _ in range(5):
+        with pytest.raises(RateLimitedError):
+            await client.send(httpx.Request("GET", "https://p.test/x"))
+    assert pace.next_slot() == pytest.approx(tail, abs=0.1)
+
+
+async def test_a_request_whose_slot_a_429_voided_books_again_after_the_hold() -> None:
+    """Slots booked before a 429 are void; the requests waiting for them book again, and
+    one whose new slot is past the longest wait is refused without booking it."""
+    api = Recorded()
+    pace = Pace(600)  # a burst of 10, then one every 60/590 s
+    client = TransportClient(PacedTransport(api.transport, pace, max_wait_seconds=10))
+    for _ in range(10):
+        pace.book()  # the burst is spent: the next request waits an interval
+    waiting = get(client)
+    await asyncio.sleep(0)
+    pace.throttled(30.0)
+    tail = pace.next_slot()
+    with pytest.raises(RateLimitedError) as raised:
+        await waiting
+    assert raised.value.retry_after == pytest.approx(30, abs=1)
+    assert api.sent == []
+    assert pace.next_slot() == pytest.approx(tail, abs=0.01)
+
+
 def stopped_pace(limit_per_minute: float) -> Pace:
     """A pace whose clock stands at 0: its slots are long past for the transport, which
     sleeps until ``time.monotonic()`` reaches them, so nothing waits, and the pace's queue

@@ -157,6 +157,37 @@ def test_retry_after_holds_every_slot() -> None:
     assert pace.book() == pytest.approx(clock.now + 30.0)
 
 
+def test_a_429_voids_the_slots_booked_before_it() -> None:
+    """Their requests book again: kept, the void slots would push every new one further
+    out, and an account refused now and then would send less and less."""
+    clock = Clock(1000.0)
+    pace = Pace(120, clock)
+    for _ in range(20):
+        pace.book()  # twenty requests waiting for their slots, the last ~9 s out
+    pace.throttled(1.0)
+    assert pace.next_slot() == pytest.approx(1001.0)
+    rebooked = [pace.book() for _ in range(20)]
+    assert rebooked[0] == pytest.approx(1001.0)
+    assert rebooked[-1] == pytest.approx(1001.0 + 19 * pace.interval)
+
+
+def test_a_later_shorter_retry_after_does_not_cut_the_hold() -> None:
+    clock = Clock(1000.0)
+    pace = Pace(300, clock)
+    pace.throttled(10.0)
+    clock.now += 1.0
+    pace.throttled(1.0)
+    assert pace.next_slot() == pytest.approx(1010.0)
+
+
+def test_next_slot_is_what_a_booking_gets_and_books_nothing() -> None:
+    clock = Clock(1000.0)
+    pace = Pace(60, clock)
+    saturate(pace, clock, 3)
+    peeked = [pace.next_slot() for _ in range(3)]
+    assert peeked == [pace.book()] * 3
+
+
 @pytest.mark.parametrize("retry_after", [None, 0.0])
 def test_without_retry_after_only_the_pace_changes(retry_after: float | None) -> None:
     clock = Clock(1000.0)
