@@ -62,6 +62,8 @@ class Pace:
         self._tat = 0.0
         # The end of the provider's latest Retry-After: no slot before it.
         self._held_until = 0.0
+        # When the last request really went out.
+        self._last_sent = -_MINUTE
         # The tail of the slots booked for parked shipments, ahead of the real schedule.
         self._parked_tat = 0.0
         self._last_change = clock()
@@ -135,6 +137,7 @@ class Pace:
         if len(sent) >= max(1, int(self._per_minute)):
             return sent[0] + window - now
         sent.append(now)
+        self._last_sent = now
         return 0.0
 
     def book_parked(self, lead_seconds: float) -> float:
@@ -166,8 +169,10 @@ class Pace:
         self._decrease(now)
         # The new epoch voids every slot booked so far, and their requests book again: the
         # schedule starts afresh after the hold (kept, its void slots would never be used
-        # and the account would send less and less).
-        self._tat = max(now, self._held_until) + self._tolerance
+        # and the account would send less and less), and no sooner than an interval after
+        # the last request that went out, with no burst.
+        start = max(now, self._held_until, self._last_sent + self._interval)
+        self._tat = start + self._tolerance
 
     def _decrease(self, now: float) -> None:
         if now - self._last_decrease < _DECREASE_EVERY_SECONDS:

@@ -125,10 +125,11 @@ class PacedTransport(httpx.AsyncBaseTransport):
             return
         delay = self._pace.next_slot() - time.monotonic()
         if delay > self._max_wait:
-            # The provider made the account wait (its Retry-After): park the shipment
-            # rather than hold its call slot and in-flight slot that long.
+            # The provider made the account wait (its Retry-After), or its pace is booked
+            # that far ahead: park the shipment rather than hold its call slot and in-flight
+            # slot that long.
             raise RateLimitedError(
-                f"the provider holds this account's calls for {delay:.0f}s", retry_after=delay
+                f"this account's next call slot is {delay:.0f}s away", retry_after=delay
             )
 
     async def aclose(self) -> None:

@@ -152,7 +152,7 @@ def test_retry_after_holds_every_slot() -> None:
     first = pace.book()
     assert first == pytest.approx(1000.0 + 10.0, abs=pace.interval)
     clock.now += 1.0
-    pace.throttled(30.0)  # within five seconds: the pace stays, the hold grows
+    pace.throttled(30.0)  # within a minute: the pace stays, the hold grows
     assert pace.per_minute == 150
     assert pace.book() == pytest.approx(clock.now + 30.0)
 
@@ -188,8 +188,26 @@ def test_next_slot_is_what_a_booking_gets_and_books_nothing() -> None:
     assert peeked == [pace.book()] * 3
 
 
+@pytest.mark.parametrize("retry_after", [None, 0.0, 0.1])
+def test_after_a_429_the_next_request_waits_an_interval_after_the_last_sent(
+    retry_after: float | None,
+) -> None:
+    """The void schedule is dropped, not the requests that went out: one refusal after
+    another must not let requests out a round trip apart."""
+    clock = Clock(1000.0)
+    pace = Pace(60, clock)
+    pace.throttled(None)  # the pace halves now; the next 429s change only the schedule
+    for _ in range(5):
+        clock.now = pace.book()
+        assert pace.hold_send() == 0.0
+        sent = clock.now
+        clock.now += 0.2  # its answer, a 429, a round trip later
+        pace.throttled(retry_after)
+        assert pace.next_slot() >= sent + pace.interval
+
+
 @pytest.mark.parametrize("retry_after", [None, 0.0])
-def test_without_retry_after_only_the_pace_changes(retry_after: float | None) -> None:
+def test_without_retry_after_nothing_is_held(retry_after: float | None) -> None:
     clock = Clock(1000.0)
     pace = Pace(300, clock)
     pace.throttled(retry_after)
