@@ -112,17 +112,20 @@ class Pace:
 
     def next_slot(self) -> float:
         """The clock time a request booked now would go at; nothing is booked."""
-        now = self._clock()
-        return max(now, max(self._tat, now) - self._tolerance)
+        return self._slot_at(self._clock())
 
     def book(self) -> float:
         """Book the next slot; the ``time.monotonic()`` (of the clock) it may go at.
 
         A booked slot counts until the epoch changes: book only a request that will wait
         for it (a slot booked and left unused is capacity lost for good)."""
-        start = self.next_slot()
-        self._tat = max(self._tat, self._clock()) + self._interval
+        now = self._clock()
+        start = self._slot_at(now)
+        self._tat = max(self._tat, now) + self._interval
         return start
+
+    def _slot_at(self, now: float) -> float:
+        return max(now, max(self._tat, now) - self._tolerance)
 
     def hold_send(self) -> float:
         """The guard at the moment of sending: seconds to wait still, or 0 (the send is
