@@ -50,6 +50,9 @@ _MINUTE = 60.0
 # Requests sent are held to the limit over a minute and this much: arriving at the provider,
 # they may bunch up again by as much.
 _SEND_MARGIN_SECONDS = 0.5
+# A request may go out this much ahead of the pace's shape before the guard at sending holds
+# it: the event loop's ordinary lateness, which costs no extra wait.
+_SEND_JITTER_SECONDS = 0.05
 
 
 class Pace:
@@ -62,8 +65,9 @@ class Pace:
         self._tat = 0.0
         # The end of the provider's latest Retry-After: no slot before it.
         self._held_until = 0.0
-        # When the last request really went out.
+        # When the last request really went out, and the GCRA tail of the requests that did.
         self._last_sent = -_MINUTE
+        self._sent_tat = 0.0
         # The tail of the slots booked for parked shipments, ahead of the real schedule.
         self._parked_tat = 0.0
         self._last_change = clock()
@@ -130,17 +134,25 @@ class Pace:
     def hold_send(self) -> float:
         """The guard at the moment of sending: seconds to wait still, or 0 (the send is
         then counted). Slots are spaced when booked, but a busy event loop sends late and
-        bunches them; this keeps what really goes out within the limit in every window of
-        a minute plus ``_SEND_MARGIN_SECONDS`` (for the network's own bunching)."""
+        bunches them: what really goes out keeps the schedule's shape (at most ``burst`` at
+        once, then one an interval), and within the limit in every window of a minute plus
+        ``_SEND_MARGIN_SECONDS`` (for the network's own bunching, and the sends made at a
+        higher pace before a 429, which the provider still counts)."""
         now = self._clock()
+        shape = self._sent_tat - self._tolerance
+        if now < shape - _SEND_JITTER_SECONDS:
+            return shape - now
         sent = self._sent
         window = _MINUTE + _SEND_MARGIN_SECONDS
         while sent and now - sent[0] >= window:
             sent.popleft()
-        if len(sent) >= max(1, int(self._per_minute)):
-            return sent[0] + window - now
+        limit = max(1, int(self._per_minute))
+        if len(sent) >= limit:
+            # After the pace was lowered, more than one send may have to leave the window.
+            return sent[len(sent) - limit] + window - now
         sent.append(now)
         self._last_sent = now
+        self._sent_tat = max(self._sent_tat, now) + self._interval
         return 0.0
 
     def book_parked(self, lead_seconds: float) -> float:

@@ -92,23 +92,19 @@ class PacedTransport(httpx.AsyncBaseTransport):
         start = attempt.slot(pace) if attempt is not None else pace.book()
         began = time.monotonic()
         slept = False
-        while (delay := start - time.monotonic()) > 0:
+        # Until its slot, then until the guard at sending lets it go (a busy event loop
+        # wakes requests late and together: they must not go out in a bunch).
+        while (delay := start - time.monotonic()) > 0 or (delay := pace.hold_send()) > 0:
             if attempt is not None:
                 attempt.waited_for(delay)  # before the sleep: the budget must not fire in it
             await asyncio.sleep(delay)
             slept = True
             if pace.epoch == epoch:
-                break
+                start = 0.0  # its slot has come (a sleep may end a hair early)
+                continue
             # Refused meanwhile: the slot was booked on a pace the provider does not take.
             self._refuse_a_long_wait()
             epoch, start = pace.epoch, pace.book()
-        while (hold := pace.hold_send()) > 0:
-            # Sent late (a busy event loop): the requests booked after it must not go out
-            # together with it past the limit.
-            if attempt is not None:
-                attempt.waited_for(hold)
-            await asyncio.sleep(hold)
-            slept = True
         wait = time.monotonic() - began if slept else 0.0
         if self._on_wait is not None:
             self._on_wait(wait)

@@ -124,16 +124,39 @@ async def test_a_request_whose_slot_a_429_voided_books_again_after_the_hold() ->
     assert pace.next_slot() == pytest.approx(tail, abs=0.01)
 
 
-def stopped_pace(limit_per_minute: float) -> Pace:
-    """A pace whose clock stands at 0: its slots are long past for the transport, which
-    sleeps until ``time.monotonic()`` reaches them, so nothing waits, and the pace's queue
-    (``wait()``) counts exactly the slots booked and claimed."""
-    return Pace(limit_per_minute, clock=lambda: 0.0)
+async def test_a_request_held_at_sending_waits_for_a_429_that_came_meanwhile() -> None:
+    """Past its slot, held by the guard at sending (the requests before it went out late
+    and together), it still heeds the provider's Retry-After."""
+    api = Recorded()
+    pace = Pace(600)  # a burst of 10, then one every 60/590 s
+    client = TransportClient(PacedTransport(api.transport, pace, max_wait_seconds=10))
+    for _ in range(10):
+        assert pace.hold_send() == 0.0  # the burst went out just now
+    held = get(client)
+    await asyncio.sleep(0)
+    assert not held.done()
+    pace.throttled(30.0)
+    with pytest.raises(RateLimitedError) as raised:
+        await held
+    assert raised.value.retry_after == pytest.approx(30, abs=1)
+    assert api.sent == []
+
+
+class Clock:
+    """The pace's clock, moved by hand; the transport sleeps on ``time.monotonic()``, for
+    which every slot of this clock is long past, so nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 async def test_the_ticket_books_the_attempts_first_request_only() -> None:
     api = Recorded()
-    pace = stopped_pace(60)  # no burst: every slot booked or claimed is one interval
+    clock = Clock()
+    pace = Pace(60, clock)  # no burst: every slot booked or claimed is one interval
     client = TransportClient(PacedTransport(api.transport, pace))
     ticket = pace.admit()  # as the canceller's admission does
     assert pace.wait() == pytest.approx(pace.interval)
@@ -141,15 +164,16 @@ async def test_the_ticket_books_the_attempts_first_request_only() -> None:
         await client.send(httpx.Request("PUT", "https://p.test/cancel"))
         assert slots.ticket is None
         assert pace.wait() == pytest.approx(pace.interval), "the claim became the slot"
+        clock.now = pace.next_slot()  # its turn
         await client.send(httpx.Request("GET", "https://p.test/cancel"))
-        assert pace.wait() == pytest.approx(2 * pace.interval), "a slot of its own"
-    assert pace.wait() == pytest.approx(2 * pace.interval)
+        assert pace.next_slot() == pytest.approx(2 * pace.interval), "a slot of its own"
+    assert pace.wait() == pytest.approx(pace.interval)
     assert len(api.sent) == 2
 
 
 @pytest.mark.parametrize("fails", [False, True])
 async def test_an_unused_ticket_is_given_back_when_the_attempt_ends(fails: bool) -> None:
-    pace = stopped_pace(60)
+    pace = Pace(60, Clock())
     with contextlib.suppress(KeyError), AttemptSlots(pace.admit()):
         if fails:
             raise KeyError("the adapter failed before its first request")
@@ -249,15 +273,27 @@ async def test_a_confirming_read_after_a_refusal_takes_its_own_slot() -> None:
         return httpx.Response(200, json=shipment)
 
     waits: list[float] = []
-    pace = stopped_pace(60)
-    transport = PacedTransport(httpx.MockTransport(answer), pace, on_wait=waits.append)
+    clock = Clock()
+    pace = Pace(60, clock)
+    next_slots: list[float] = []
+
+    def answer_in_an_interval(request: httpx.Request) -> httpx.Response:
+        next_slots.append(pace.next_slot())
+        clock.now = next_slots[-1]  # the answer comes as the next slot opens
+        return answer(request)
+
+    transport = PacedTransport(
+        httpx.MockTransport(answer_in_an_interval), pace, on_wait=waits.append
+    )
     settings = ShipStationSettings(kind="shipstation", base_url="https://ss.test", api_key="k")
     provider = ShipStationProvider("ss", settings, TransportClient(transport))
     with AttemptSlots(pace.admit()):
         outcome = await provider.cancel(CancelRequest("se-1", "idem"))
     assert outcome.outcome == "already_cancelled"
-    assert len(waits) == 2, "one slot per request, not per attempt"
-    assert pace.wait() == pytest.approx(2 * pace.interval)
+    assert len(waits) == 2
+    assert next_slots == pytest.approx([pace.interval, 2 * pace.interval]), (
+        "one slot per request, not per attempt"
+    )
 
 
 async def test_an_account_without_a_limit_keeps_its_transport() -> None:

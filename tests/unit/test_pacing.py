@@ -431,12 +431,64 @@ def test_a_provider_limit_just_below_ours_is_still_mostly_used() -> None:
     assert all(200 <= rate <= 250 for rate in rates[3:]), rates
 
 
-def test_requests_sent_late_and_bunched_are_still_held_to_the_limit() -> None:
-    """Slots are spaced when booked; a busy event loop may send many at one instant. The
-    guard at sending lets no more than the limit out in a minute (and half a second)."""
-    clock = Clock()
-    pace = Pace(60, clock)
-    assert [pace.hold_send() for _ in range(60)] == [0.0] * 60
-    assert pace.hold_send() == pytest.approx(60.5)
-    clock.now += 60.5
+def send_when_allowed(pace: Pace, clock: Clock, woken: list[float]) -> list[float]:
+    """Requests woken at ``woken`` (their slots' sleeps ended, maybe late) going through the
+    guard at sending as the transport does: each held one sleeps what the guard says and
+    asks again. The times they went out, in order."""
+    sleeping = [(at, n) for n, at in enumerate(woken)]
+    heapq.heapify(sleeping)
+    sent = []
+    while sleeping:
+        at, n = heapq.heappop(sleeping)
+        clock.now = max(clock.now, at)
+        hold = pace.hold_send()
+        if hold > 0:
+            heapq.heappush(sleeping, (clock.now + hold, n))
+        else:
+            sent.append(clock.now)
+    return sent
+
+
+def test_requests_woken_late_and_together_go_out_in_the_schedules_shape() -> None:
+    """Slots are spaced when booked; a busy event loop may wake many at one instant. The
+    guard at sending lets at most the burst out at once, then one an interval."""
+    clock = Clock(1000.0)
+    pace = Pace(120, clock)  # a burst of 2, then one every 60/118 s
+    slots = [pace.book() for _ in range(8)]
+    stalled = slots[-1] + 3.0  # the loop was blocked past every slot
+    sent = send_when_allowed(pace, clock, [stalled] * len(slots))
+    assert sent[:2] == [stalled, stalled]
+    for earlier, later in itertools.pairwise(sent[1:]):
+        assert later - earlier == pytest.approx(pace.interval)
+
+
+def test_a_send_a_little_late_or_early_is_not_held() -> None:
+    """The event loop's ordinary lateness costs no extra wait: a request a few milliseconds
+    ahead of the shape left by the one sent late before it still goes."""
+    clock = Clock(1000.0)
+    pace = Pace(60, clock)  # no burst: one every 60/59 s
+    first, second = pace.book(), pace.book()
+    clock.now = first + 0.03  # sent 30 ms late
+    assert pace.hold_send() == 0.0
+    clock.now = second  # on time, so 30 ms closer to the first than an interval
+    assert pace.hold_send() == 0.0
+
+
+def test_after_the_pace_halves_the_last_minutes_sends_still_count() -> None:
+    """The provider still counts what went out at the old pace: the guard at sending holds
+    the new pace's requests until the minute's sends fall within its limit."""
+    clock = Clock(1000.0)
+    pace = Pace(120, clock)
+    sent = []
+    for _ in range(100):
+        clock.now = max(clock.now, pace.book())
+        assert pace.hold_send() == 0.0
+        sent.append(clock.now)
+    pace.throttled(None)
+    assert pace.per_minute == 60
+    clock.now = pace.book()
+    hold = pace.hold_send()
+    # 100 sent in the last minute, 60 allowed: the 41st must leave the window first.
+    assert hold == pytest.approx(sent[40] + 60.5 - clock.now)
+    clock.now += hold
     assert pace.hold_send() == 0.0
