@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import RecordMetadata
+from aiokafka.structs import RecordMetadata, TopicPartition
 
 from consumer.config import Settings, settings_from_mapping
 from consumer.kafka.clients import client_options, topic_partitions
@@ -491,6 +491,21 @@ class OutputReader:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{what} incomplete after {timeout}s")
             await self.poll()
+
+    async def result_ends(self) -> dict[TopicPartition, int]:
+        """The result topics' end offsets now: every result acknowledged so far is below."""
+        kafka = self.kafka
+        partitions = await topic_partitions(kafka, [kafka.cancelled_topic, kafka.failed_topic])
+        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(partitions)
+        return ends
+
+    def result_ids_below(self, ends: Mapping[TopicPartition, int]) -> set[str]:
+        """The ids of the results read whose offsets are below ``ends``."""
+        return {
+            str(orjson.loads(r.value)["event_id"])
+            for r in self.results
+            if r.value is not None and r.offset < ends[TopicPartition(r.topic, r.partition)]
+        }
 
     async def settle(self, quiet_seconds: float = 1.0) -> None:
         """Read until nothing new arrives for ``quiet_seconds``."""
