@@ -307,18 +307,25 @@ async def test_an_internal_error_says_nothing_about_the_providers_health() -> No
     assert circuit.state is CircuitState.OPEN, "the earlier failure still counted"
 
 
-def stopped_pace() -> Pace:
-    """60/min on a clock standing at 0: its slots are long past for the transport, so
-    nothing sleeps, and ``wait()`` counts exactly the slots booked and claimed."""
-    return Pace(60, clock=lambda: 0.0)
+def hand_paced() -> tuple[Pace, FakeClock]:
+    """60/min on a clock moved by hand: its slots are long past for the transport (which
+    sleeps on ``time.monotonic()``), so nothing sleeps."""
+    clock = FakeClock()
+    return Pace(60, clock), clock
 
 
-def paced_attempt(pace: Pace, *answers: int) -> Callable[[], Awaitable[CancelOutcome]]:
-    """An attempt making one request through ``pace``, answered in turn by ``answers``."""
+def paced_attempt(
+    pace: Pace, clock: FakeClock, *answers: int
+) -> Callable[[], Awaitable[CancelOutcome]]:
+    """An attempt making one request through ``pace``, answered in turn by ``answers`` as
+    the pace's next slot opens."""
     statuses = list(answers)
-    client = TransportClient(
-        PacedTransport(httpx.MockTransport(lambda request: httpx.Response(statuses.pop(0))), pace)
-    )
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        clock.now = pace.next_slot()
+        return httpx.Response(statuses.pop(0))
+
+    client = TransportClient(PacedTransport(httpx.MockTransport(answer), pace))
 
     async def attempt() -> CancelOutcome:
         response = await client.send(httpx.Request("PUT", "https://p.test/cancel"))
@@ -330,20 +337,21 @@ def paced_attempt(pace: Pace, *answers: int) -> Callable[[], Awaitable[CancelOut
 
 
 async def test_the_ticket_goes_to_the_first_attempt_only() -> None:
-    pace = stopped_pace()
+    pace, clock = hand_paced()
     ticket = pace.admit()
     result = await cancel_with_retries(
-        paced_attempt(pace, 503, 503, 204),
+        paced_attempt(pace, clock, 503, 503, 204),
         gate(),
         RetryPolicy(backoff_initial_seconds=0),
         ticket=ticket,
     )
     assert result.attempts == 3
-    assert pace.wait() == pytest.approx(3 * pace.interval), "three slots, no claim left"
+    assert pace.next_slot() == pytest.approx(3 * pace.interval), "three slots"
+    assert pace.wait() == 0.0, "no claim left"
 
 
 async def test_a_round_ending_before_its_first_request_gives_the_ticket_back() -> None:
-    pace = stopped_pace()
+    pace, _ = hand_paced()
     result = await cancel_with_retries(
         ScriptedAttempts(NotFoundError("404")), gate(), RetryPolicy(), ticket=pace.admit()
     )
@@ -352,7 +360,7 @@ async def test_a_round_ending_before_its_first_request_gives_the_ticket_back() -
 
 
 async def test_an_adapter_bug_gives_the_ticket_back() -> None:
-    pace = stopped_pace()
+    pace, _ = hand_paced()
 
     async def broken() -> CancelOutcome:
         raise KeyError("oops")
