@@ -50,9 +50,12 @@ _MINUTE = 60.0
 # Requests sent are held to the limit over a minute and this much: arriving at the provider,
 # they may bunch up again by as much.
 _SEND_MARGIN_SECONDS = 0.5
-# A request may go out this much ahead of the pace's shape before the guard at sending holds
-# it: the event loop's ordinary lateness, which costs no extra wait.
+# A request may go out this much (at most half an interval) ahead of the pace's shape before
+# the guard at sending holds it: the event loop's ordinary lateness, which costs no extra
+# wait. A held request is woken half of it early, so that a late wake is not lost time.
 _SEND_JITTER_SECONDS = 0.05
+# A hold is never shorter: a request due at once by the float sums must still be held.
+_MIN_HOLD_SECONDS = 1e-6
 
 
 class Pace:
@@ -82,6 +85,7 @@ class Pace:
         self._sent: deque[float] = deque()
         self._interval = 0.0
         self._tolerance = 0.0
+        self._send_jitter = 0.0
         self._space(limit_per_minute)
 
     @property
@@ -107,7 +111,7 @@ class Pace:
         """How long a request booked now, after the admitted ones, would wait for its slot."""
         now = self._clock()
         tail = max(self._tat, now) + self._admitted * self._interval
-        return max(0.0, tail - self._tolerance - now)
+        return max(0.0, tail - self._tolerance - now, self._held_until - now)
 
     def admit(self) -> Ticket:
         """A shipment admitted: its first request is counted in ``wait`` until it books."""
@@ -129,7 +133,8 @@ class Pace:
         return start
 
     def _slot_at(self, now: float) -> float:
-        return max(now, max(self._tat, now) - self._tolerance)
+        # Never within a Retry-After, even once the pace has climbed and its burst grown.
+        return max(now, self._held_until, max(self._tat, now) - self._tolerance)
 
     def hold_send(self) -> float:
         """The guard at the moment of sending: seconds to wait still, or 0 (the send is
@@ -139,9 +144,11 @@ class Pace:
         ``_SEND_MARGIN_SECONDS`` (for the network's own bunching, and the sends made at a
         higher pace before a 429, which the provider still counts)."""
         now = self._clock()
+        if now < self._held_until:
+            return self._held_until - now
         shape = self._sent_tat - self._tolerance
-        if now < shape - _SEND_JITTER_SECONDS:
-            return shape - now
+        if now < shape - self._send_jitter:
+            return shape - self._send_jitter / 2 - now
         sent = self._sent
         window = _MINUTE + _SEND_MARGIN_SECONDS
         while sent and now - sent[0] >= window:
@@ -149,7 +156,7 @@ class Pace:
         limit = max(1, int(self._per_minute))
         if len(sent) >= limit:
             # After the pace was lowered, more than one send may have to leave the window.
-            return sent[len(sent) - limit] + window - now
+            return max(_MIN_HOLD_SECONDS, sent[len(sent) - limit] + window - now)
         sent.append(now)
         self._last_sent = now
         self._sent_tat = max(self._sent_tat, now) + self._interval
@@ -185,8 +192,12 @@ class Pace:
         # The new epoch voids every slot booked so far, and their requests book again: the
         # schedule starts afresh after the hold (kept, its void slots would never be used
         # and the account would send less and less), and no sooner than an interval after
-        # the last request that went out, with no burst.
+        # the last request that went out, with no burst; nor before the sends of the last
+        # minute (made at the pace before, which the provider still counts) allow one more.
         start = max(now, self._held_until, self._last_sent + self._interval)
+        limit = max(1, int(self._per_minute))
+        if len(self._sent) >= limit:
+            start = max(start, self._sent[len(self._sent) - limit] + _MINUTE + _SEND_MARGIN_SECONDS)
         self._tat = start + self._tolerance
 
     def _decrease(self, now: float) -> None:
@@ -239,6 +250,7 @@ class Pace:
         burst = max(1.0, per_minute / 60)
         self._interval = 60 / max(per_minute - burst, per_minute / 2)
         self._tolerance = (burst - 1) * self._interval
+        self._send_jitter = min(_SEND_JITTER_SECONDS, self._interval / 2)
 
 
 class Ticket:

@@ -142,6 +142,21 @@ async def test_a_request_held_at_sending_waits_for_a_429_that_came_meanwhile() -
     assert api.sent == []
 
 
+async def test_a_request_held_at_sending_books_again_after_a_short_retry_after() -> None:
+    api = Recorded()
+    pace = Pace(600)
+    client = TransportClient(PacedTransport(api.transport, pace, max_wait_seconds=10))
+    for _ in range(10):
+        assert pace.hold_send() == 0.0
+    held = get(client)
+    await asyncio.sleep(0)
+    pace.throttled(0.3)
+    throttled_at = time.monotonic()
+    response = await held
+    assert response.status_code == 204
+    assert api.sent[0] - throttled_at >= 0.3 - 0.002, "asyncio's timers never fire early"
+
+
 class Clock:
     """The pace's clock, moved by hand; the transport sleeps on ``time.monotonic()``, for
     which every slot of this clock is long past, so nothing waits."""

@@ -458,7 +458,10 @@ def test_requests_woken_late_and_together_go_out_in_the_schedules_shape() -> Non
     stalled = slots[-1] + 3.0  # the loop was blocked past every slot
     sent = send_when_allowed(pace, clock, [stalled] * len(slots))
     assert sent[:2] == [stalled, stalled]
-    for earlier, later in itertools.pairwise(sent[1:]):
+    # Then one an interval; a held request is woken a little early (the event loop's
+    # lateness is then no time lost), never more than the guard's 50 ms.
+    assert sent[2] - sent[1] == pytest.approx(pace.interval, abs=0.05)
+    for earlier, later in itertools.pairwise(sent[2:]):
         assert later - earlier == pytest.approx(pace.interval)
 
 
@@ -486,9 +489,57 @@ def test_after_the_pace_halves_the_last_minutes_sends_still_count() -> None:
         sent.append(clock.now)
     pace.throttled(None)
     assert pace.per_minute == 60
+    # 100 sent in the last minute, 60 allowed: the 41st must leave the window first. The
+    # schedule says so (a request parks rather than wait that long), and so does the guard.
+    leaves = sent[40] + 60.5
+    assert pace.next_slot() == pytest.approx(leaves)
+    assert pace.wait() == pytest.approx(leaves - clock.now)
+    clock.now = leaves - 5.0
+    assert pace.hold_send() == pytest.approx(5.0)
     clock.now = pace.book()
-    hold = pace.hold_send()
-    # 100 sent in the last minute, 60 allowed: the 41st must leave the window first.
-    assert hold == pytest.approx(sent[40] + 60.5 - clock.now)
-    clock.now += hold
     assert pace.hold_send() == 0.0
+
+
+@pytest.mark.parametrize("limit", [120, 1200, 3000, 6000])
+def test_the_guard_at_sending_never_lets_out_more_than_the_burst_at_once(limit: int) -> None:
+    """Its allowance for the event loop's lateness is at most half an interval."""
+    clock = Clock(1000.0)
+    pace = Pace(limit, clock)
+    at_once = 0
+    while pace.hold_send() == 0.0:
+        at_once += 1
+    assert at_once <= pace.burst
+
+
+def test_a_late_wake_after_a_stall_is_not_time_lost_for_good() -> None:
+    """Held by the guard, a request is woken a little early: the loop's lateness on every
+    wake must not add up, or a saturated account would fall further and further behind."""
+    clock = Clock(1000.0)
+    pace = Pace(30, clock)  # no burst: every request after the stall is held
+    slots = [pace.book() for _ in range(200)]
+    late = 0.02
+    sent = []
+    for k, slot in enumerate(slots):
+        clock.now = max(clock.now, slot) + late + (2.0 if k == 5 else 0.0)
+        while (hold := pace.hold_send()) > 0:
+            clock.now += hold + late
+        sent.append(clock.now)
+    assert sent[-1] - slots[-1] == pytest.approx(2.0 + late, abs=0.05), "the stall, no more"
+
+
+def test_no_slot_falls_within_a_retry_after_even_once_the_pace_climbs() -> None:
+    """A climbing pace grows its burst; the schedule must not reach back into the hold."""
+    clock = Clock(1000.0)
+    pace = Pace(6000, clock)
+    while pace.per_minute > 60:  # a provider whose limit is far below ours
+        clock.now += 61.0
+        pace.throttled(None)
+    clock.now += 5.0
+    pace.throttled(30.0)
+    held_until = clock.now + 30.0
+    clock.now += 3.0
+    pace.succeeded()  # the answer to a request sent before the 429: the pace climbs
+    assert pace.burst > 1.0
+    assert pace.next_slot() >= held_until
+    assert pace.wait() >= held_until - clock.now
+    assert pace.hold_send() == pytest.approx(held_until - clock.now)
