@@ -27,6 +27,7 @@ whether the provider raised its limit.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,9 +51,11 @@ _MINUTE = 60.0
 # Requests sent are held to the limit over a minute and this much: arriving at the provider,
 # they may bunch up again by as much.
 _SEND_MARGIN_SECONDS = 0.5
-# A request may go out this much (at most half an interval) ahead of the pace's shape before
-# the guard at sending holds it: the event loop's ordinary lateness, which costs no extra
-# wait. A held request is woken half of it early, so that a late wake is not lost time.
+_SEND_WINDOW_SECONDS = _MINUTE + _SEND_MARGIN_SECONDS
+# A request may go out this much ahead of the pace's shape before the guard at sending holds
+# it: the event loop's ordinary lateness, which costs no extra wait (less at a fast pace, so
+# that it never lets one more out at once than the burst). A held request is woken half of
+# it early, so that a late wake is not lost time.
 _SEND_JITTER_SECONDS = 0.05
 # A hold is never shorter: a request due at once by the float sums must still be held.
 _MIN_HOLD_SECONDS = 1e-6
@@ -137,12 +140,13 @@ class Pace:
         return max(now, self._held_until, max(self._tat, now) - self._tolerance)
 
     def hold_send(self) -> float:
-        """The guard at the moment of sending: seconds to wait still, or 0 (the send is
-        then counted). Slots are spaced when booked, but a busy event loop sends late and
-        bunches them: what really goes out keeps the schedule's shape (at most ``burst`` at
-        once, then one an interval), and within the limit in every window of a minute plus
-        ``_SEND_MARGIN_SECONDS`` (for the network's own bunching, and the sends made at a
-        higher pace before a 429, which the provider still counts)."""
+        """The guard at the moment of sending: seconds to wait before asking again, or 0
+        (the send is then counted). Nothing goes within a ``Retry-After``. Slots are spaced
+        when booked, but a busy event loop sends late and bunches them: what really goes out
+        keeps the schedule's shape (at most ``burst`` at once, then one an interval), and
+        within the limit in every window of a minute plus ``_SEND_MARGIN_SECONDS`` (for the
+        network's own bunching, and the sends made at a higher pace before a 429, which the
+        provider still counts)."""
         now = self._clock()
         if now < self._held_until:
             return self._held_until - now
@@ -150,13 +154,12 @@ class Pace:
         if now < shape - self._send_jitter:
             return shape - self._send_jitter / 2 - now
         sent = self._sent
-        window = _MINUTE + _SEND_MARGIN_SECONDS
-        while sent and now - sent[0] >= window:
+        while sent and now - sent[0] >= _SEND_WINDOW_SECONDS:
             sent.popleft()
         limit = max(1, int(self._per_minute))
         if len(sent) >= limit:
             # After the pace was lowered, more than one send may have to leave the window.
-            return max(_MIN_HOLD_SECONDS, sent[len(sent) - limit] + window - now)
+            return max(_MIN_HOLD_SECONDS, sent[len(sent) - limit] + _SEND_WINDOW_SECONDS - now)
         sent.append(now)
         self._last_sent = now
         self._sent_tat = max(self._sent_tat, now) + self._interval
@@ -192,12 +195,13 @@ class Pace:
         # The new epoch voids every slot booked so far, and their requests book again: the
         # schedule starts afresh after the hold (kept, its void slots would never be used
         # and the account would send less and less), and no sooner than an interval after
-        # the last request that went out, with no burst; nor before the sends of the last
-        # minute (made at the pace before, which the provider still counts) allow one more.
+        # the last request that went out, with no burst at the pace then; nor before the
+        # sends of the last minute (made at the pace before, which the provider still
+        # counts) allow one more.
         start = max(now, self._held_until, self._last_sent + self._interval)
         limit = max(1, int(self._per_minute))
         if len(self._sent) >= limit:
-            start = max(start, self._sent[len(self._sent) - limit] + _MINUTE + _SEND_MARGIN_SECONDS)
+            start = max(start, self._sent[len(self._sent) - limit] + _SEND_WINDOW_SECONDS)
         self._tat = start + self._tolerance
 
     def _decrease(self, now: float) -> None:
@@ -250,7 +254,10 @@ class Pace:
         burst = max(1.0, per_minute / 60)
         self._interval = 60 / max(per_minute - burst, per_minute / 2)
         self._tolerance = (burst - 1) * self._interval
-        self._send_jitter = min(_SEND_JITTER_SECONDS, self._interval / 2)
+        # Half the room the burst leaves before one more request would fit.
+        extra = burst - 1
+        room = (math.floor(extra) + 1 - extra) * self._interval
+        self._send_jitter = min(_SEND_JITTER_SECONDS, room / 2)
 
 
 class Ticket:

@@ -143,6 +143,7 @@ async def test_a_request_held_at_sending_waits_for_a_429_that_came_meanwhile() -
 
 
 async def test_a_request_held_at_sending_books_again_after_a_short_retry_after() -> None:
+    """A 429 while it is held at sending: it books again, after the hold, and goes."""
     api = Recorded()
     pace = Pace(600)
     client = TransportClient(PacedTransport(api.transport, pace, max_wait_seconds=10))
