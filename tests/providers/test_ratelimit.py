@@ -17,6 +17,7 @@ from consumer.providers.base import CancelOutcome, CancelRequest, parse_retry_af
 from consumer.providers.client import TransportClient
 from consumer.providers.ratelimit import AttemptSlots, PacedTransport, paced
 from consumer.providers.shipstation import ShipStationProvider, ShipStationSettings
+from tests.providers.provider_fakes import FakeClock
 
 
 class Recorded:
@@ -158,20 +159,11 @@ async def test_a_request_held_at_sending_books_again_after_a_short_retry_after()
     assert api.sent[0] - throttled_at >= 0.3 - 0.002, "asyncio's timers never fire early"
 
 
-class Clock:
-    """The pace's clock, moved by hand; the transport sleeps on ``time.monotonic()``, for
-    which every slot of this clock is long past, so nothing waits."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_the_ticket_books_the_attempts_first_request_only() -> None:
     api = Recorded()
-    clock = Clock()
+    # The pace's clock is moved by hand; the transport sleeps on ``time.monotonic()``, for
+    # which every slot of this clock is long past, so nothing waits.
+    clock = FakeClock(0.0)
     pace = Pace(60, clock)  # no burst: every slot booked or claimed is one interval
     client = TransportClient(PacedTransport(api.transport, pace))
     ticket = pace.admit()  # as the canceller's admission does
@@ -189,7 +181,7 @@ async def test_the_ticket_books_the_attempts_first_request_only() -> None:
 
 @pytest.mark.parametrize("fails", [False, True])
 async def test_an_unused_ticket_is_given_back_when_the_attempt_ends(fails: bool) -> None:
-    pace = Pace(60, Clock())
+    pace = Pace(60, FakeClock(0.0))
     with contextlib.suppress(KeyError), AttemptSlots(pace.admit()):
         if fails:
             raise KeyError("the adapter failed before its first request")
@@ -289,7 +281,7 @@ async def test_a_confirming_read_after_a_refusal_takes_its_own_slot() -> None:
         return httpx.Response(200, json=shipment)
 
     waits: list[float] = []
-    clock = Clock()
+    clock = FakeClock(0.0)
     pace = Pace(60, clock)
     next_slots: list[float] = []
 
