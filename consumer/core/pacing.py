@@ -156,10 +156,8 @@ class Pace:
         sent = self._sent
         while sent and now - sent[0] >= _SEND_WINDOW_SECONDS:
             sent.popleft()
-        limit = max(1, int(self._per_minute))
-        if len(sent) >= limit:
-            # After the pace was lowered, more than one send may have to leave the window.
-            return max(_MIN_HOLD_SECONDS, sent[len(sent) - limit] + _SEND_WINDOW_SECONDS - now)
+        if (room_at := self._window_room_at()) is not None:
+            return max(_MIN_HOLD_SECONDS, room_at - now)
         sent.append(now)
         self._last_sent = now
         self._sent_tat = max(self._sent_tat, now) + self._interval
@@ -199,10 +197,19 @@ class Pace:
         # sends of the last minute (made at the pace before, which the provider still
         # counts) allow one more.
         start = max(now, self._held_until, self._last_sent + self._interval)
-        limit = max(1, int(self._per_minute))
-        if len(self._sent) >= limit:
-            start = max(start, self._sent[len(self._sent) - limit] + _SEND_WINDOW_SECONDS)
+        if (room_at := self._window_room_at()) is not None:
+            start = max(start, room_at)
         self._tat = start + self._tolerance
+
+    def _window_room_at(self) -> float | None:
+        """When the sends counted in the window leave room for one more at the pace now;
+        None if there is room already. (After the pace was lowered, more than one send may
+        have to leave; a send older than the window only makes the answer a past time.)"""
+        sent = self._sent
+        limit = max(1, int(self._per_minute))
+        if len(sent) < limit:
+            return None
+        return sent[len(sent) - limit] + _SEND_WINDOW_SECONDS
 
     def _decrease(self, now: float) -> None:
         if now - self._last_decrease < _DECREASE_EVERY_SECONDS:
